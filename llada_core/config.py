@@ -1,0 +1,131 @@
+"""Typed, strict configs: YAML + flags + `key.sub=value` overrides -> a validated, frozen model.
+
+Every config in the project is a `StrictModel` (pydantic, unknown keys forbidden). `load_config`
+turns every failure (unknown key, wrong type, impossible value, missing path) into ONE
+`ConfigError` naming the source file and the dotted key, before any compute starts.
+`canonical_json` is the serialisation that gets hashed and logged (sorted keys, no whitespace).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+__all__ = [
+    "ConfigError",
+    "StrictModel",
+    "load_config",
+    "apply_overrides",
+    "canonical_json",
+    "config_digest",
+]
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the source and the key."""
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any, source: str) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for i, key in enumerate(keys[:-1]):
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{source}: key '{'.'.join(keys[: i + 1])}' is a value, not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def apply_overrides(tree: dict, overrides: Iterable[str], source: str = "command line") -> dict:
+    """Apply `a.b=value` overrides; the value is parsed as YAML (`512` -> int, `[1,2]` -> list)."""
+    for item in overrides:
+        dotted, sep, raw = item.partition("=")
+        if not sep or not dotted or any(not part for part in dotted.split(".")):
+            raise ConfigError(f"{source}: override '{item}' is not of the form key.sub=value")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source}: override '{item}': value is not valid YAML ({exc})") from None
+        _set_dotted(tree, dotted, value, source)
+    return tree
+
+
+def _deep_merge(base: dict, top: Mapping) -> dict:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "<root>"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        lines.append(f"key '{key}': {msg}")
+    head = f"invalid config ({source})"
+    return head + ": " + lines[0] if len(lines) == 1 else head + ":\n  " + "\n  ".join(lines)
+
+
+def load_config(
+    model: type[M],
+    path: str | Path | None = None,
+    *,
+    values: Mapping[str, Any] | None = None,
+    overrides: Iterable[str] = (),
+) -> M:
+    """YAML file < explicit `values` (e.g. CLI flags) < `key=value` overrides, validated strictly."""
+    tree: dict = {}
+    source = "command line"
+    if path is not None:
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"invalid config ({source}): not valid YAML: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"invalid config ({source}): top level must be a mapping, got {type(loaded).__name__}")
+        tree = loaded
+    if values:
+        tree = _deep_merge(tree, {k: v for k, v in values.items() if v is not None})
+    overrides = list(overrides)
+    tree = apply_overrides(tree, overrides, source=source)
+    if overrides:
+        source = f"{source} + overrides"
+    try:
+        return model.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from None
+
+
+def canonical_json(cfg: BaseModel) -> str:
+    """The resolved config as the one string that is hashed and logged."""
+    return json.dumps(cfg.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def config_digest(cfg: BaseModel) -> str:
+    return hashlib.sha256(canonical_json(cfg).encode("utf-8")).hexdigest()
