@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,10 +33,14 @@ class ConfigError(ValueError):
 
 
 class StrictModel(BaseModel):
+    """Unknown keys are errors. A model validator names the offending field by starting its
+    message with `field_name: `, so the error reports the full dotted key."""
+
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
 M = TypeVar("M", bound=BaseModel)
+_FIELD_PREFIX = re.compile(r"^([A-Za-z_][A-Za-z0-9_.]*): (.*)$", re.S)
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any, source: str) -> None:
@@ -78,6 +83,11 @@ def _format_validation_error(exc: ValidationError, source: str) -> str:
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "<root>"
         msg = err["msg"].removeprefix("Value error, ")
+        # Model-level validators name their field by prefixing "field: " (see StrictModel).
+        field = _FIELD_PREFIX.match(msg) if err["type"] == "value_error" else None
+        if field:
+            key = field[1] if key == "<root>" else f"{key}.{field[1]}"
+            msg = field[2]
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         elif err["type"] == "missing":

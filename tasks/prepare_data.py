@@ -47,7 +47,7 @@ class TokenizerSpec(StrictModel):
     @model_validator(mode="after")
     def _one_source(self):
         if bool(self.path) == self.train:
-            raise ValueError("give exactly one of tokenizer.path or tokenizer.train=true")
+            raise ValueError("path: give exactly one of tokenizer.path or tokenizer.train=true")
         return self
 
 

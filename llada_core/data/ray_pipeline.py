@@ -120,7 +120,7 @@ def stream_encoded(
         Encoder,
         batch_format="pyarrow",
         batch_size=READ_BATCH,
-        compute=ray.data.ActorPoolStrategy(size=num_workers),
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=num_workers),
         num_cpus=0.75,
         fn_constructor_kwargs={
             "tokenizer_json": tok.to_json(),

@@ -1,0 +1,182 @@
+"""`llada`: the command line of llada-pipeline.
+
+Every command that takes a config accepts `--config FILE.yaml` and trailing `key.sub=value`
+overrides (precedence: file < flags < overrides); a bad config is one error naming file and key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+
+from llada_core.config import ConfigError, canonical_json, config_digest, load_config
+
+EXIT_USAGE = 2
+
+
+def _examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def _parser_with_examples(sub, name: str, help_: str, examples: list[str]) -> argparse.ArgumentParser:
+    return sub.add_parser(
+        name, help=help_, description=help_, epilog=_examples(*examples),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def _add_common_data_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML file with the stage's keys (flags and overrides win)")
+    p.add_argument("--input", help="file, directory, glob or s3:// URI")
+    p.add_argument("--out", help="output dataset directory (local or s3://)")
+    p.add_argument("--val-fraction", type=float, help="fraction of documents/examples held out (by content hash)")
+    p.add_argument("--seed", type=int, help="salts the train/val hash")
+    p.add_argument("--num-workers", type=int, help="Ray Data tokenizer actors")
+    p.add_argument("--on-bad-utf8", choices=["skip", "fail"], help="skip (and count) or fail on non-UTF-8 input")
+    p.add_argument("--overwrite", action="store_true", default=None, help="replace an existing dataset at --out")
+    p.add_argument("--verbose", action="store_true", default=None, help="Ray Data progress output")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. rows_per_shard=1024")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llada",
+        description="Train LLaDA2.0-style block-diffusion LMs: data -> CPT (WSD) -> SFT -> CAP -> DPO on Ray.",
+        epilog=_examples("llada demo", "llada data prepare --input stdlib --out work/pt --seq-len 256 --train-tokenizer", "llada config show tiny-cpu seq_len=512"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    top = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = top.add_parser("data", help="prepare datasets (tokenize, pack, chat-template)", description="Prepare datasets.")
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+
+    p = _parser_with_examples(dsub, "prepare", "tokenize and pack a pretraining corpus into rows of seq_len tokens", [
+        "llada data prepare --input stdlib --out work/pt --seq-len 256 --train-tokenizer --vocab-size 4096",
+        "llada data prepare --input 'corpus/**/*.jsonl' --out s3://bucket/pt --seq-len 4096 --tokenizer hf_model/",
+        "llada data prepare --config data.yaml tokenizer.add_mask_token='<|mask|>'",
+    ])
+    _add_common_data_flags(p)
+    p.add_argument("--seq-len", type=int, help="tokens per packed row")
+    tok = p.add_mutually_exclusive_group()
+    tok.add_argument("--tokenizer", help="tokenizer.json or HF tokenizer directory")
+    tok.add_argument("--train-tokenizer", action="store_true", default=None, help="train a byte-level BPE on the input")
+    p.add_argument("--vocab-size", type=int, help="vocabulary size of a trained tokenizer")
+    p.add_argument("--add-mask-token", help="token to add when the loaded tokenizer has no mask token")
+    p.set_defaults(handler=_cmd_prepare)
+
+    for kind, cols in (("sft", "prompt/response or messages"), ("dpo", "prompt/chosen/rejected")):
+        p = _parser_with_examples(dsub, f"prepare-{kind}", f"chat-template {kind.upper()} data ({cols} columns)", [
+            f"llada data prepare-{kind} --input work/raw/{kind}_train.jsonl --out work/{kind} --tokenizer work/pt/tokenizer",
+            f"llada data prepare-{kind} --input s3://bucket/{kind}/ --out s3://bucket/{kind}-tok --tokenizer tok/ --max-len 4096 on_too_long=error",
+        ])
+        _add_common_data_flags(p)
+        p.add_argument("--tokenizer", help="tokenizer dir (e.g. the pretraining dataset's DST/tokenizer)")
+        p.add_argument("--add-mask-token", help="token to add when the tokenizer has no mask token")
+        p.add_argument("--max-len", type=int, help="longest example in tokens")
+        p.add_argument("--on-too-long", choices=["error", "drop"], help="what to do with longer examples")
+        p.set_defaults(handler=_cmd_prepare_instruct, kind=kind)
+
+    p = _parser_with_examples(dsub, "make-tasks", "write the built-in verifiable instruction tasks (SFT + DPO, train/eval)", [
+        "llada data make-tasks --out work/raw/tasks --n 4000 --seed 0",
+    ])
+    p.add_argument("--out", required=True)
+    p.add_argument("--n", type=int, default=4000, help="number of distinct problems")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-fraction", type=float, default=0.1)
+    p.set_defaults(handler=_cmd_make_tasks)
+
+    cfg = top.add_parser("config", help="inspect recipe configs", description="Inspect recipe configs.")
+    csub = cfg.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
+    p = _parser_with_examples(csub, "show", "validate a recipe and print its canonical resolved config and digest", [
+        "llada config show tiny-cpu", "llada config show my_recipe.yaml parallel.tp=2 parallel.world_size=4",
+    ])
+    p.add_argument("recipe", help="recipe name (pipelines/recipes/NAME.yaml) or a YAML path")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(handler=_cmd_config_show)
+
+    p = _parser_with_examples(top, "demo", "run the embedded tiny recipe end to end on this machine", [
+        "llada demo", "llada demo --workdir /tmp/demo instruct.synthetic_tasks=1000",
+    ])
+    p.add_argument("--recipe", default="tiny-cpu", help="recipe name or YAML path")
+    p.add_argument("--workdir", help="where datasets, runs and reports go")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(handler=_cmd_demo)
+    return parser
+
+
+def _flags(args: argparse.Namespace, names: list[str]) -> dict:
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+
+
+_COMMON = ["input", "out", "val_fraction", "seed", "num_workers", "on_bad_utf8", "overwrite", "verbose"]
+
+
+def _cmd_prepare(args) -> int:
+    from tasks.prepare_data import PrepareDataConfig, run
+
+    values = _flags(args, [*_COMMON, "seq_len"])
+    tok = {k: v for k, v in {"path": args.tokenizer, "train": args.train_tokenizer, "vocab_size": args.vocab_size,
+                             "add_mask_token": args.add_mask_token}.items() if v is not None}
+    if tok:
+        values["tokenizer"] = tok
+    cfg = load_config(PrepareDataConfig, args.config, values=values, overrides=args.overrides)
+    manifest = run(cfg)
+    print(json.dumps({"out": cfg.out, "splits": manifest["splits"], "skipped": manifest["skipped"],
+                      "tokenizer_digest": manifest["tokenizer"]["digest"]}, indent=2))
+    return 0
+
+
+def _cmd_prepare_instruct(args) -> int:
+    from tasks.prepare_instruct import PrepareInstructConfig, run
+
+    values = _flags(args, [*_COMMON, "tokenizer", "add_mask_token", "max_len", "on_too_long"]) | {"kind": args.kind}
+    cfg = load_config(PrepareInstructConfig, args.config, values=values, overrides=args.overrides)
+    manifest = run(cfg)
+    print(json.dumps({"out": cfg.out, "splits": manifest["splits"], "skipped": manifest["skipped"],
+                      "longest_example": manifest["longest_example"]}, indent=2))
+    return 0
+
+
+def _cmd_make_tasks(args) -> int:
+    from llada_core.data.synthetic import write_task_files
+
+    print(json.dumps(write_task_files(args.out, args.n, args.seed, args.eval_fraction), indent=2))
+    return 0
+
+
+def _cmd_config_show(args) -> int:
+    from pipelines.recipe_config import load_recipe
+
+    cfg = load_recipe(args.recipe, args.overrides)
+    print(json.dumps(json.loads(canonical_json(cfg)), indent=2, sort_keys=True))
+    print(f"# digest {config_digest(cfg)}")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from pipelines import tiny_recipe
+    from pipelines.recipe_config import load_recipe
+
+    overrides = list(args.overrides) + ([f"workdir={args.workdir}"] if args.workdir else [])
+    cfg = load_recipe(args.recipe, overrides)
+    print(tiny_recipe.format_summary(tiny_recipe.run(cfg)))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from llada_core.data.chat import ChatFormatError
+    from llada_core.data.sources import DataError
+    from llada_core.data.tokenizer import TokenizerError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (ConfigError, DataError, TokenizerError, ChatFormatError) as exc:
+        print("error: " + textwrap.indent(str(exc), "  ").lstrip(), file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""A recipe's config: one YAML file (pipelines/recipes/NAME.yaml) validated as a whole at load.
+
+Cross-section checks live here (one seq_len for data and schedule); each section validates itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+
+from llada_core.config import ConfigError, StrictModel, load_config
+from llada_core.parallel.layout import ParallelLayout
+from llada_core.schedule import WSDConfig
+
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
+
+
+class PretrainData(StrictModel):
+    input: str = "stdlib"  # file, dir, glob, s3:// URI or `stdlib` (the embedded corpus)
+    tokenizer: str | None = None  # an HF tokenizer dir / tokenizer.json; None = train a BPE
+    vocab_size: int = Field(4096, ge=264)
+    add_mask_token: str | None = None
+    val_fraction: float = Field(0.02, ge=0.0, lt=1.0)
+
+
+class InstructData(StrictModel):
+    synthetic_tasks: int = Field(4000, ge=8)  # embedded task generator; ignored when inputs are given
+    eval_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    sft_input: str | None = None  # user SFT jsonl/parquet (prompt/response or messages)
+    dpo_input: str | None = None  # user DPO jsonl/parquet (prompt/chosen/rejected)
+    max_len: int = Field(128, ge=4)
+    val_fraction: float = Field(0.05, ge=0.0, lt=1.0)
+
+
+class RecipeConfig(StrictModel):
+    name: str
+    workdir: str = "work"
+    seed: int = 0
+    seq_len: int = Field(ge=2)
+    num_workers: int = Field(2, ge=1)  # Ray Data tokenizer actors
+    data: PretrainData = PretrainData()
+    instruct: InstructData = InstructData()
+    schedule: WSDConfig
+    parallel: ParallelLayout = ParallelLayout()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _share_seq_len(cls, values):
+        if isinstance(values, dict) and isinstance(values.get("schedule"), dict):
+            schedule = values["schedule"]
+            if "seq_len" in schedule and schedule["seq_len"] != values.get("seq_len"):
+                raise ValueError(f"schedule.seq_len: {schedule['seq_len']} differs from seq_len={values.get('seq_len')}")
+            values = dict(values, schedule=dict(schedule, seq_len=values.get("seq_len")))
+        return values
+
+
+def recipe_path(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return path
+    candidate = RECIPES_DIR / f"{name_or_path}.yaml"
+    if not candidate.exists():
+        known = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
+        raise ConfigError(f"unknown recipe {name_or_path!r} (known: {known}; or give a .yaml path)")
+    return candidate
+
+
+def load_recipe(name_or_path: str, overrides: list[str] = ()) -> RecipeConfig:
+    return load_config(RecipeConfig, recipe_path(name_or_path), overrides=overrides)
