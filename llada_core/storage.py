@@ -2,7 +2,8 @@
 
 S3 settings come from the standard AWS variables: credentials from the SDK's default chain,
 `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL` for S3-compatible stores (MinIO, moto), region from
-`AWS_REGION` / `AWS_DEFAULT_REGION`. Transient S3 errors are retried by the SDK with backoff.
+`AWS_REGION` / `AWS_DEFAULT_REGION`. Transient S3 errors are retried by the SDK with backoff
+(`LLADA_S3_MAX_ATTEMPTS`, default 6).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def s3_filesystem() -> pafs.S3FileSystem:
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     kwargs: dict = {
         "region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
-        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=6),
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=int(os.environ.get("LLADA_S3_MAX_ATTEMPTS", "6"))),
     }
     if endpoint:
         parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")

@@ -1,0 +1,117 @@
+import json
+
+import pytest
+
+from llada_core.config import ConfigError, apply_overrides, canonical_json, config_digest, load_config
+from llada_core.parallel.layout import ParallelLayout
+from pipelines.recipe_config import RECIPES_DIR, RecipeConfig, load_recipe
+
+
+def write(tmp_path, text):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return path
+
+
+BASE = (RECIPES_DIR / "tiny-cpu.yaml").read_text()
+
+
+def test_embedded_recipes_load():
+    for path in RECIPES_DIR.glob("*.yaml"):
+        cfg = load_recipe(str(path))
+        assert isinstance(cfg, RecipeConfig)
+
+
+def test_unknown_key_names_file_and_key(tmp_path):
+    path = write(tmp_path, BASE.replace("  vocab_size: 4096", "  vocab_size: 4096\n  vocab_sise: 10"))
+    with pytest.raises(ConfigError) as err:
+        load_recipe(str(path))
+    assert str(path) in str(err.value) and "data.vocab_sise" in str(err.value) and "unknown key" in str(err.value)
+
+
+def test_wrong_type_names_key(tmp_path):
+    path = write(tmp_path, BASE.replace("seq_len: 256", "seq_len: two-hundred"))
+    with pytest.raises(ConfigError, match=r"key 'seq_len'.*valid integer"):
+        load_recipe(str(path))
+
+
+@pytest.mark.parametrize(
+    "override, key, fragment",
+    [
+        ("schedule.warmup_block_sizes=[1,3,32]", "schedule.warmup_block_sizes", "block size 3 does not divide seq_len=256"),
+        ("schedule.decay_min_block=48", "schedule.decay_min_block", "48 does not divide"),
+        ("seq_len=250", "schedule.warmup_block_sizes", "does not divide seq_len=250"),
+        ("parallel.tp=2", "parallel.world_size", "does not divide world_size=1"),
+        ("parallel.ep=3", "parallel.ep", "does not divide"),
+        ("schedule.seq_len=128", "schedule.seq_len", "differs from seq_len=256"),
+        ("data.val_fraction=1.5", "data.val_fraction", "less than 1"),
+    ],
+)
+def test_impossible_values_name_the_key(override, key, fragment):
+    with pytest.raises(ConfigError) as err:
+        load_recipe("tiny-cpu", [override])
+    assert f"key '{key}'" in str(err.value) and fragment in str(err.value), str(err.value)
+    assert "tiny-cpu.yaml" in str(err.value)
+
+
+def test_missing_path_is_a_config_error(tmp_path):
+    from tasks.prepare_data import PrepareDataConfig
+
+    with pytest.raises(ConfigError, match=r"key 'input': path does not exist: .*nope"):
+        load_config(PrepareDataConfig, values={"input": str(tmp_path / "nope"), "out": "x", "seq_len": 8})
+    with pytest.raises(ConfigError, match=r"key 'tokenizer.path': path does not exist"):
+        load_config(PrepareDataConfig, values={"input": "stdlib", "out": "x", "seq_len": 8, "tokenizer": {"path": "/no/tok"}})
+
+
+def test_seq_len_below_two_rejected():
+    from tasks.prepare_data import PrepareDataConfig
+
+    with pytest.raises(ConfigError, match=r"key 'seq_len'.*greater than or equal to 2"):
+        load_config(PrepareDataConfig, values={"input": "stdlib", "out": "x", "seq_len": 1})
+
+
+def test_overrides_parse_yaml_and_win_over_file():
+    cfg = load_recipe("tiny-cpu", ["seq_len=512", "parallel.world_size=4", "parallel.tp=2", "data.tokenizer=null"])
+    assert cfg.seq_len == 512 and cfg.schedule.seq_len == 512
+    assert cfg.parallel.tp == 2 and cfg.parallel.dp == 2 and cfg.parallel.use_sequence_parallel
+    with pytest.raises(ConfigError, match="not of the form"):
+        apply_overrides({}, ["seq_len"])
+    with pytest.raises(ConfigError, match="is a value, not a section"):
+        apply_overrides({"seq_len": 3}, ["seq_len.x=1"])
+
+
+def test_canonical_json_is_stable_and_seed_sensitive(tmp_path):
+    a = load_recipe("tiny-cpu")
+    b = load_config(RecipeConfig, write(tmp_path, BASE))
+    assert canonical_json(a) == canonical_json(b) and config_digest(a) == config_digest(b)
+    assert json.loads(canonical_json(a))["schedule"]["seq_len"] == 256
+    assert config_digest(load_recipe("tiny-cpu", ["seed=1"])) != config_digest(a)
+
+
+def test_yaml_key_order_does_not_change_digest(tmp_path):
+    p1 = write(tmp_path, "name: x\nseq_len: 128\nschedule: {warmup_tokens_per_block: 1, stable_tokens: 2, decay_tokens_per_block: 3}\n")
+    cfg1 = load_config(RecipeConfig, p1)
+    p2 = tmp_path / "b.yaml"
+    p2.write_text("schedule: {decay_tokens_per_block: 3, stable_tokens: 2, warmup_tokens_per_block: 1}\nseq_len: 128\nname: x\n")
+    assert config_digest(cfg1) == config_digest(load_config(RecipeConfig, p2))
+
+
+def test_layout_model_checks():
+    layout = ParallelLayout(world_size=8, tp=2, pp=2, ep=2)
+    assert layout.dp == 2
+    layout.check_model(num_layers=4, num_experts=8, num_heads=4, num_kv_heads=2)
+    with pytest.raises(ValueError, match="num_layers=3 is not divisible by pp=2"):
+        layout.check_model(num_layers=3, num_experts=8, num_heads=4, num_kv_heads=2)
+    with pytest.raises(ValueError, match="num_experts=3 is not divisible by ep=2"):
+        layout.check_model(num_layers=4, num_experts=3, num_heads=4, num_kv_heads=2)
+    with pytest.raises(ValueError, match="num_kv_heads=1 is not divisible by tp=2"):
+        layout.check_model(num_layers=4, num_experts=8, num_heads=4, num_kv_heads=1)
+
+
+def test_bad_yaml_and_non_mapping(tmp_path):
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(RecipeConfig, write(tmp_path, "name: [unclosed"))
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(RecipeConfig, write(tmp_path, "- a\n- b\n"))
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(RecipeConfig, tmp_path / "missing.yaml")
