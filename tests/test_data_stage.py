@@ -15,6 +15,8 @@ from tasks.prepare_data import PrepareDataConfig, run
 
 SEQ = 32
 
+pytestmark = pytest.mark.slow  # local Ray cluster (multi-process)
+
 
 def prepare(src, out, tokenizer_dir, **kw):
     values = {"input": src, "out": str(out), "seq_len": SEQ, "tokenizer": {"path": tokenizer_dir}, "val_fraction": 0.3,

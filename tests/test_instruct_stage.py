@@ -11,6 +11,8 @@ from llada_core.data.synthetic import write_task_files
 from llada_core.data.tokenizer import load_tokenizer, train_bpe
 from tasks.prepare_instruct import PrepareInstructConfig, run
 
+pytestmark = pytest.mark.slow  # local Ray cluster (multi-process)
+
 
 @pytest.fixture(scope="module")
 def task_files(tmp_path_factory):

@@ -13,6 +13,8 @@ from llada_core.data.sources import DataError, list_sources
 from llada_core.data.tokenizer import load_tokenizer
 from tasks.prepare_data import PrepareDataConfig, run
 
+pytestmark = pytest.mark.slow  # local Ray cluster (multi-process)
+
 
 def free_port() -> int:
     with socket.socket() as s:

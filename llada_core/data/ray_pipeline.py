@@ -21,7 +21,8 @@ from llada_core.data.chat import encode_example, encode_prompt, encode_response,
 from llada_core.data.sources import SourceFile, iter_records
 from llada_core.data.tokenizer import LladaTokenizer
 
-READ_BATCH = 256
+READ_BATCH = 256  # records per block out of a reader task
+ENCODE_BATCH = 32  # records per tokenizer call: small enough that blocks stream to the packing driver
 
 
 def split_of(key: str, seed: int, val_fraction: float) -> bool:
@@ -119,7 +120,7 @@ def stream_encoded(
     ds = ds.map_batches(
         Encoder,
         batch_format="pyarrow",
-        batch_size=READ_BATCH,
+        batch_size=ENCODE_BATCH,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=num_workers),
         num_cpus=0.75,
         fn_constructor_kwargs={
