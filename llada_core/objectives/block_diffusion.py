@@ -1,0 +1,50 @@
+"""Continual pre-training losses: block diffusion (Eq. 1) and full-sequence MDLM (Eq. 2).
+
+Eq. 1:  L = E_t [ w(t) * sum_k sum_i 1[x_t^{k,i} = MASK] * -log p( x_0^{k,i} | x_0^{<k}, x_t^{k} ) ],
+        w(t) = 1/t for the linear schedule alpha_t = 1 - t.
+The input is [x_t ; x_0] (2L) under the Eq. 3 mask; the loss is read from the x_t half only.
+Eq. 2 (stable phase, L_B = L) is the same loss with K = 1: the x_0 copy is never attended, so the
+input is x_t alone (L, not 2L) under the document mask (Eq. 4).
+CHOICE (recipe): normalise by the number of non-pad tokens in the batch, not the masked count, so the
+ELBO weighting stays intact. Pad tokens (doc_ids = -1) are never masked and never in the loss.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from llada_core import masks
+from llada_core.objectives.common import LossOutput, Noise, apply_noise, draw_noise, positions, token_nll
+
+
+def denoise_logits(model, xt: Tensor, x0: Tensor, doc_ids: Tensor, block_size: int) -> Tensor:
+    """Logits at the x_t positions, [B, L, V], for any block size (2L input unless L_B = L)."""
+    B, L = x0.shape
+    if block_size == L:  # Eq. 2 / Eq. 4
+        return model(xt, positions(B, L, x0.device), masks.document_mask(doc_ids))
+    pos = positions(B, L, x0.device)
+    logits = model(torch.cat([xt, x0], 1), torch.cat([pos, pos], 1), masks.block_diffusion_mask(doc_ids, block_size))
+    return logits[:, :L]
+
+
+def weighted_masked_nll(logits: Tensor, x0: Tensor, noise: Noise) -> Tensor:
+    """Per-sequence sum_i 1[masked_i] * -log p(x0_i) / t  ->  [B]."""
+    return (token_nll(logits, x0) * noise.masked).sum(1) / noise.t
+
+
+def block_diffusion_loss(model, x0: Tensor, doc_ids: Tensor, block_size: int, mask_id: int,
+                         noise: Noise | None = None, generator: torch.Generator | None = None) -> LossOutput:
+    valid = doc_ids >= 0
+    noise = noise or draw_noise(valid, generator)
+    logits = denoise_logits(model, apply_noise(x0, noise, mask_id), x0, doc_ids, block_size)
+    loss = weighted_masked_nll(logits, x0, noise).sum() / valid.sum().clamp(min=1)
+    metrics = {"block_size": block_size, "mask_ratio": float(noise.masked.sum() / valid.sum().clamp(min=1)),
+               "tokens": int(valid.sum())}
+    return LossOutput(loss, metrics, logits, noise)
+
+
+def mdlm_loss(model, x0: Tensor, doc_ids: Tensor, mask_id: int, noise: Noise | None = None,
+              generator: torch.Generator | None = None) -> LossOutput:
+    """Eq. 2: the stable phase, L_B = L, input x_t only."""
+    return block_diffusion_loss(model, x0, doc_ids, x0.shape[1], mask_id, noise, generator)

@@ -1,0 +1,231 @@
+"""Objectives: hand-computed small cases (fixed-logit model) and invariances (tiny SDPA model)."""
+
+import math
+
+import pytest
+import torch
+from tiny_attention_model import TinyAttentionLM
+
+from llada_core.objectives.ar import ar_loss
+from llada_core.objectives.block_diffusion import block_diffusion_loss, denoise_logits, mdlm_loss
+from llada_core.objectives.cap import cap_loss, confidence_entropy
+from llada_core.objectives.common import Noise, add_mask_embedding_noise, draw_noise
+from llada_core.objectives.dpo import dpo_loss, elbo
+from llada_core.objectives.sft import complementary, pad_examples, sft_loss
+
+MASK, PAD, V = 3, 2, 8
+
+
+class FixedLogits(torch.nn.Module):
+    """Logits that ignore the input: row i of `table` at position i (of the x_t half)."""
+
+    def __init__(self, table):
+        super().__init__()
+        self.table = torch.nn.Parameter(table.clone())
+        self.calls = []
+
+    def forward(self, input_ids, position_ids, allowed):
+        self.calls.append((input_ids.clone(), allowed.clone()))
+        B, S = input_ids.shape
+        L = self.table.shape[0]
+        idx = position_ids.clamp(max=L - 1)
+        return self.table[idx]
+
+
+def test_block_diffusion_hand_computed():
+    # L=4, uniform logits -> -log p = log V everywhere. Row: 3 real tokens + 1 pad.
+    model = FixedLogits(torch.zeros(4, V))
+    x0 = torch.tensor([[5, 6, 7, PAD]])
+    doc = torch.tensor([[0, 0, 0, -1]])
+    noise = Noise(t=torch.tensor([0.5]), masked=torch.tensor([[True, False, True, False]]))
+    out = block_diffusion_loss(model, x0, doc, block_size=2, mask_id=MASK, noise=noise)
+    # Eq. 1: (2 masked * log V) / t, normalised by 3 non-pad tokens
+    assert out.loss.item() == pytest.approx(2 * math.log(V) / 0.5 / 3, rel=1e-6)
+    ids, allowed = model.calls[-1]
+    assert ids.tolist() == [[MASK, 6, MASK, PAD, 5, 6, 7, PAD]] and allowed.shape == (1, 8, 8)
+
+
+def test_loss_uses_unshifted_labels_and_only_masked_positions():
+    table = torch.full((3, V), -10.0)
+    table[0, 4] = table[1, 5] = table[2, 6] = 10.0  # position i confidently predicts 4 + i
+    model = FixedLogits(table)
+    x0 = torch.tensor([[4, 5, 1]])  # positions 0, 1 right; position 2 wrong
+    doc = torch.zeros_like(x0)
+    right = block_diffusion_loss(model, x0, doc, 3, MASK, noise=Noise(torch.tensor([1.0]), torch.tensor([[True, True, False]])))
+    wrong = block_diffusion_loss(model, x0, doc, 3, MASK, noise=Noise(torch.tensor([1.0]), torch.tensor([[False, False, True]])))
+    assert right.loss.item() < 1e-6 and wrong.loss.item() > 5.0
+    assert model.calls[-1][0].shape == (1, 3)  # L_B = L: the input is x_t alone (Eq. 2)
+
+
+def test_draw_noise_never_masks_ineligible_and_t_range():
+    g = torch.Generator().manual_seed(0)
+    eligible = torch.rand(64, 32, generator=g) < 0.7
+    noise = draw_noise(eligible, g)
+    assert not (noise.masked & ~eligible).any()
+    assert (noise.t >= 1e-3).all() and (noise.t <= 1).all()
+    ratio = noise.masked.sum(1) / eligible.sum(1)
+    assert torch.corrcoef(torch.stack([ratio, noise.t]))[0, 1] > 0.9  # masking follows t
+
+
+def test_ar_loss_hand_computed():
+    table = torch.zeros(4, V)
+    table[0, 5] = 100.0  # position 0 predicts token 5 (correct next token)
+    model = FixedLogits(table)
+    x0 = torch.tensor([[4, 5, 6, 7]])
+    doc = torch.tensor([[0, 0, 1, 1]])  # 5 -> 6 crosses documents: not a target
+    out = ar_loss(model, x0, doc)
+    # targets: pos0->5 (nll 0), pos2->7 (nll log V); pos1->6 excluded (boundary)
+    assert out.loss.item() == pytest.approx(math.log(V) / 2, rel=1e-5) and out.metrics["tokens"] == 2
+
+
+def test_sft_padding_prompt_and_complementary_masks():
+    batch = pad_examples([([1, 5, 6, 7, 4], 2), ([1, 5, 4], 1)], block_size=4, pad_id=PAD)
+    assert batch.input_ids.shape == (2, 8)
+    assert batch.input_ids[1].tolist() == [1, 5, 4] + [PAD] * 5
+    assert batch.response.tolist() == [[False, False, True, True, True, False, False, False],
+                                       [False, True, True, False, False, False, False, False]]
+    g = torch.Generator().manual_seed(1)
+    noise = draw_noise(batch.response, g, 0.3, 0.8)
+    doubled, both = complementary(batch, noise)
+    first, second = both.masked.chunk(2)
+    assert torch.equal(first ^ second, batch.response)  # every response token exactly once
+    assert not (first & second).any() and not (both.masked & ~doubled.response).any()
+    assert torch.allclose(both.t, torch.cat([noise.t, 1 - noise.t]))
+    assert ((noise.t >= 0.3) & (noise.t <= 0.8)).all()
+
+
+def test_sft_loss_hand_computed_and_pads_never_count():
+    model = FixedLogits(torch.zeros(4, V))
+    batch = pad_examples([([1, 5, 6], 1)], block_size=4, pad_id=PAD)  # 2 response tokens + 1 pad
+    noise = Noise(torch.tensor([0.25]), torch.tensor([[False, True, False, False]]))
+    out = sft_loss(model, batch, 4, MASK, noise=noise)
+    # copy 1: 1 masked / 0.25; copy 2 (inverse): 1 masked / 0.75; over 4 response tokens
+    expected = (math.log(V) / 0.25 + math.log(V) / 0.75) / 4
+    assert out.loss.item() == pytest.approx(expected, rel=1e-6)
+    assert out.metrics == {"response_tokens": 4, "masked_tokens": 2}
+    ids = model.calls[-1][0]
+    assert ids[0, 3] == PAD and ids[1, 3] == PAD and (ids[:, 0] == 1).all()  # pads and prompt stay
+
+
+def test_cap_entropy_only_on_correct_masked_positions():
+    logits = torch.tensor([[[4.0, 0, 0], [0, 0, 0], [0, 4.0, 0]]])
+    x0 = torch.tensor([[0, 0, 2]])  # pos0 correct (argmax 0), pos1 tie -> argmax 0 == 0 correct, pos2 wrong
+    masked = torch.tensor([[True, False, True]])
+    value, n = confidence_entropy(logits, x0, masked)
+    p = torch.softmax(torch.tensor([4.0, 0, 0]), 0)
+    assert n == 1 and value.item() == pytest.approx(float(-(p * p.log()).sum()), rel=1e-6)
+    model = FixedLogits(torch.zeros(4, V))
+    batch = pad_examples([([1, 5, 6, 7], 1)], 4, PAD)
+    noise = Noise(torch.tensor([0.5]), torch.tensor([[False, True, False, True]]))
+    sft = sft_loss(model, batch, 4, MASK, noise=noise)
+    cap = cap_loss(model, batch, 4, MASK, lam=2.0, noise=noise)
+    # uniform logits: argmax = token 0, never the target here -> L_conf = 0
+    assert cap.loss.item() == pytest.approx(sft.loss.item()) and cap.metrics["conf_tokens"] == 0
+
+
+def test_dpo_hand_computed_and_shared_noise():
+    policy, reference = FixedLogits(torch.zeros(4, V)), FixedLogits(torch.zeros(4, V))
+    with torch.no_grad():
+        policy.table[1, 5] = 2.0  # the policy likes token 5 at position 1
+    chosen = pad_examples([([1, 5], 1)], 2, PAD)
+    rejected = pad_examples([([1, 6], 1)], 2, PAD)
+    mask = torch.tensor([[False, True]])
+    noise = (Noise(torch.tensor([0.5]), mask), Noise(torch.tensor([0.5]), mask))
+    out = dpo_loss(policy, reference, chosen, rejected, 2, MASK, beta=0.1, noise=noise)
+    lp = torch.log_softmax(policy.table[1].detach(), 0)
+    margin = ((lp[5] + math.log(V)) - (lp[6] + math.log(V))) / 0.5
+    assert out.loss.item() == pytest.approx(float(-torch.nn.functional.logsigmoid(0.1 * margin)), rel=1e-5)
+    assert out.metrics["accuracy"] == 1.0
+    out.loss.backward()
+    assert policy.table.grad is not None and reference.table.grad is None  # reference is frozen
+    assert elbo(policy, chosen, noise[0], 2, MASK).shape == (1,)
+
+
+def test_mask_embedding_noise_only_at_mask_positions():
+    emb = torch.zeros(1, 4, 8)
+    ids = torch.tensor([[MASK, 5, MASK, 6]])
+    out = add_mask_embedding_noise(emb, ids, MASK, 0.1, torch.Generator().manual_seed(0))
+    assert (out[0, [1, 3]] == 0).all() and (out[0, [0, 2]] != 0).all()
+    assert 0.03 < out[0, [0, 2]].std() < 0.3
+    assert add_mask_embedding_noise(emb, ids, MASK, 0.0) is emb
+
+
+# ---- invariances with a real (tiny) attention model -------------------------------------------
+
+@pytest.fixture
+def lm():
+    return TinyAttentionLM(vocab=V + 8, seed=0).eval()
+
+
+def test_full_block_equals_x_t_alone(lm):
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randint(4, V, (2, 8), generator=g)
+    doc = torch.tensor([[0] * 5 + [1] * 3, [0] * 8])
+    noise = draw_noise(doc >= 0, g)
+    from llada_core import masks
+    from llada_core.objectives.common import apply_noise, positions
+
+    xt = apply_noise(x0, noise, MASK)
+    pos = positions(2, 8, x0.device)
+    two_l = lm(torch.cat([xt, x0], 1), torch.cat([pos, pos], 1), masks.block_diffusion_mask(doc, 8))[:, :8]
+    alone = lm(xt, pos, masks.document_mask(doc))
+    assert torch.allclose(two_l, alone, atol=1e-5)
+
+
+def test_block_k_sees_only_earlier_clean_blocks_and_own_noisy_block(lm):
+    g = torch.Generator().manual_seed(1)
+    L, blk, k = 12, 4, 1  # look at block 1 (positions 4..7)
+    x0 = torch.randint(4, V, (1, L), generator=g)
+    doc = torch.zeros(1, L, dtype=torch.long)
+    xt = x0.clone()
+    xt[0, 5] = MASK
+    sl = slice(k * blk, (k + 1) * blk)
+
+    def logits(xt_, x0_):
+        return denoise_logits(lm, xt_, x0_, doc, blk)[0, sl]
+
+    base = logits(xt, x0)
+    x0_later = x0.clone()
+    x0_later[0, 4:] = (x0_later[0, 4:] + 1) % V  # x_0 at blocks >= k
+    xt_other = xt.clone()
+    xt_other[0, 8:] = MASK  # x_t in another block
+    x0_earlier = x0.clone()
+    x0_earlier[0, 1] = (x0_earlier[0, 1] + 1) % V  # x_0 of an earlier block
+    assert torch.allclose(base, logits(xt, x0_later), atol=1e-6)
+    assert torch.allclose(base, logits(xt_other, x0), atol=1e-6)
+    assert not torch.allclose(base, logits(xt, x0_earlier), atol=1e-4)
+
+
+def test_documents_are_isolated(lm):
+    x0 = torch.tensor([[4, 5, 6, 7, 4, 5, 6, 7]])
+    doc = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1]])
+    other = x0.clone()
+    other[0, 5:] = torch.tensor([7, 7, 4])  # change document 1 only
+    for block in (1, 2, 4, 8):
+        a = denoise_logits(lm, x0, x0, doc, block)[0, :3]
+        b = denoise_logits(lm, other, other, doc, block)[0, :3]
+        assert torch.allclose(a, b, atol=1e-6), block
+
+
+def test_mdlm_is_block_diffusion_with_one_block(lm):
+    g = torch.Generator().manual_seed(3)
+    x0 = torch.randint(4, V, (2, 8), generator=g)
+    doc = torch.zeros_like(x0)
+    noise = draw_noise(doc >= 0, g)
+    a = mdlm_loss(lm, x0, doc, MASK, noise=noise).loss
+    b = block_diffusion_loss(lm, x0, doc, 8, MASK, noise=noise).loss
+    assert torch.equal(a, b)
+
+
+def test_block_size_one_elbo_is_unbiased_for_the_ar_factorised_nll(lm):
+    """With L_B = 1 a masked token i sees exactly x_0[<i] (and itself as [MASK]), whatever else is
+    masked, so E_t,mask[ 1[masked_i] / t * nll_i ] = nll_i: the ELBO is the AR-factorised NLL."""
+    g = torch.Generator().manual_seed(5)
+    x0 = torch.randint(4, V, (1, 8), generator=g)
+    doc = torch.zeros_like(x0)
+    every = block_diffusion_loss(lm, x0, doc, 1, MASK, noise=Noise(torch.ones(1), torch.ones(1, 8, dtype=torch.bool)))
+    n = 4000
+    with torch.no_grad():
+        draws = block_diffusion_loss(lm, x0.repeat(n, 1), doc.repeat(n, 1), 1, MASK, generator=g)
+    # the batch loss is the mean over draws of per-draw losses; its MC error is ~1-2% here
+    assert draws.loss.item() == pytest.approx(every.loss.item(), rel=0.05)
