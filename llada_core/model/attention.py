@@ -1,0 +1,59 @@
+"""Core attention for megatron's SelfAttention, chosen by config (`attention_backend`).
+
+`sdpa` (default, CPU and GPU): torch scaled_dot_product_attention with an arbitrary per-sample
+boolean mask. megatron passes masks as True = masked OUT; SDPA wants True = may attend: the
+inversion happens here and only here. GQA: megatron hands over un-expanded KV heads
+([S, B, groups, D]); query head j uses KV group j // (heads / groups), as megatron and HF do.
+Every query must see at least one key (all our masks keep the diagonal); a fully masked row
+would come out as zeros on CPU SDPA.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from megatron.core.transformer.enums import AttnMaskType
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.utils import divide
+
+
+class SDPACoreAttention(MegatronModule):
+    def __init__(self, config, layer_number, attn_mask_type, attention_type="self", attention_dropout=None,
+                 softmax_scale=None, cp_comm_type=None, pg_collection=None):
+        super().__init__(config=config)
+        if pg_collection is None:
+            from megatron.core.process_groups_config import ProcessGroupCollection
+
+            pg_collection = ProcessGroupCollection.use_mpu_process_groups(required_pgs=["tp"])
+        tp = pg_collection.tp.size()
+        self.heads = divide(config.num_attention_heads, tp)
+        self.groups = divide(config.num_query_groups, tp)
+        self.attn_mask_type = attn_mask_type
+        self.scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(config.kv_channels)
+        self.dropout = config.attention_dropout if attention_dropout is None else attention_dropout
+
+    def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
+                packed_seq_params=None):
+        if packed_seq_params is not None or attention_bias is not None:
+            raise NotImplementedError("SDPACoreAttention takes a dense mask, not packed-sequence params or a bias")
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [B, heads, S, D]
+        if self.heads != self.groups:
+            k = k.repeat_interleave(self.heads // self.groups, dim=1)
+            v = v.repeat_interleave(self.heads // self.groups, dim=1)
+        mask_type = attn_mask_type if attn_mask_type is not None else self.attn_mask_type
+        allowed = None if attention_mask is None else ~attention_mask.to(torch.bool)
+        causal = attention_mask is None and mask_type == AttnMaskType.causal and q.shape[2] > 1
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, is_causal=causal, scale=self.scale,
+                                             dropout_p=self.dropout if self.training else 0.0)
+        b, h, s, d = out.shape
+        return out.permute(2, 0, 1, 3).reshape(s, b, h * d)
+
+
+def core_attention_class(backend: str):
+    if backend == "sdpa":
+        return SDPACoreAttention
+    if not torch.cuda.is_available():
+        raise ValueError(f"attention_backend={backend!r} needs a GPU; use 'sdpa' on CPU")
+    raise NotImplementedError(f"attention_backend={backend!r} is not implemented yet; use 'sdpa'")

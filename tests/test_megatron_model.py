@@ -1,0 +1,124 @@
+"""The megatron-core model on CPU (through llada_core.parallel.cpu_compat): builds, trains, honours
+masks and RoPE positions exactly as the objectives assume."""
+
+import pytest
+import torch
+
+from llada_core import masks
+from llada_core.model.config import load_preset
+from llada_core.objectives.block_diffusion import block_diffusion_loss, denoise_logits
+from llada_core.objectives.common import draw_noise, positions
+from llada_core.sampler import generate
+
+MASK = 3
+
+
+@pytest.fixture(scope="module")
+def model():
+    from llada_core.model.build import LladaModel
+    from llada_core.parallel.setup import init_single_process
+
+    init_single_process(seed=7)
+    cfg = load_preset("tiny", ["vocab_size=64", "max_position=128"])
+    return LladaModel(cfg).eval()
+
+
+def test_cpu_compat_is_applied_only_without_cuda():
+    from llada_core.parallel import cpu_compat
+
+    assert cpu_compat.apply() is (not torch.cuda.is_available())
+
+
+def test_forward_backward_and_moe_layout(model):
+    from megatron.core.transformer.moe.moe_layer import MoELayer
+
+    layers = model.gpt.decoder.layers
+    assert [isinstance(layer.mlp, MoELayer) for layer in layers] == [False, True, True, True]
+    assert sum(p.numel() for p in model.parameters()) == model.cfg.total_params() - 3 * 16  # expert_bias is a buffer
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randint(8, 64, (2, 32), generator=g)
+    doc = torch.tensor([[0] * 20 + [1] * 12, [0] * 32])
+    model.train()
+    out = block_diffusion_loss(model, x0, doc, 8, MASK, generator=g)
+    out.loss.backward()
+    model.eval()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    assert all(g is not None for g in grads.values())
+    assert out.loss.item() == pytest.approx(4.16, abs=1.0)  # ~ln(64) at init
+    model.zero_grad(set_to_none=True)
+
+
+def test_training_layout_equals_decoding_layout(model):
+    """Block k of [x_t ; x_0] (both halves at positions 0..L-1) must see exactly what the decoder
+    sees: [x_0 blocks < k ; x_t block k] at positions 0..(k+1)L_B-1 under the block-causal mask.
+    RoPE is relative, so this fails if the clean half were rotated at positions L..2L-1 (what
+    GPTModel alone does) — checked explicitly below."""
+    g = torch.Generator().manual_seed(1)
+    L, blk, k = 16, 4, 2
+    x0 = torch.randint(8, 64, (1, L), generator=g)
+    doc = torch.zeros_like(x0)
+    xt = x0.clone()
+    xt[0, 8:12] = torch.tensor([MASK, 20, MASK, MASK])
+    end = (k + 1) * blk
+    with torch.no_grad():
+        train = denoise_logits(model, xt, x0, doc, blk)[0, k * blk : end]
+        prefix = torch.cat([x0[:, : k * blk], xt[:, k * blk : end]], 1)
+        decode = model(prefix, positions(1, end, x0.device), masks.block_causal_mask(doc[:, :end], blk))[0, k * blk :]
+        naive_pos = torch.arange(2 * L)[None]  # what GPTModel would use without IndexedRotaryEmbedding
+        naive = model(torch.cat([xt, x0], 1), naive_pos, masks.block_diffusion_mask(doc, blk))[0, k * blk : end]
+    assert torch.allclose(train, decode, atol=1e-5)
+    assert not torch.allclose(train, naive, atol=1e-3)
+
+
+def test_block_diffusion_invariances(model):
+    g = torch.Generator().manual_seed(2)
+    L, blk = 16, 4
+    x0 = torch.randint(8, 64, (1, L), generator=g)
+    doc = torch.tensor([[0] * 10 + [1] * 6])
+    xt = x0.clone()
+    xt[0, [5, 6]] = MASK
+    with torch.no_grad():
+        def block1(xt_, x0_):
+            return denoise_logits(model, xt_, x0_, doc, blk)[0, 4:8]
+
+        base = block1(xt, x0)
+        later = x0.clone()
+        later[0, 4:] = (later[0, 4:] + 1) % 64
+        other_noisy = xt.clone()
+        other_noisy[0, 8:10] = MASK
+        earlier = x0.clone()
+        earlier[0, 2] = (earlier[0, 2] + 1) % 64
+        assert torch.allclose(base, block1(xt, later), atol=1e-5)
+        assert torch.allclose(base, block1(other_noisy, x0), atol=1e-5)
+        assert not torch.allclose(base, block1(xt, earlier), atol=1e-4)
+        # document 1 (positions 10..15) never affects document 0
+        doc1_changed = x0.clone()
+        doc1_changed[0, 12] = (doc1_changed[0, 12] + 1) % 64
+        assert torch.allclose(denoise_logits(model, x0, x0, doc, blk)[0, :10],
+                              denoise_logits(model, doc1_changed, doc1_changed, doc, blk)[0, :10], atol=1e-5)
+        # L_B = L: the x_t half of [x_t ; x_0] equals x_t alone
+        noise = draw_noise(doc >= 0, g)
+        xt2 = torch.where(noise.masked, MASK, x0)
+        pos = positions(1, L, x0.device)
+        two = model(torch.cat([xt2, x0], 1), torch.cat([pos, pos], 1), masks.block_diffusion_mask(doc, L))[:, :L]
+        assert torch.allclose(two, model(xt2, pos, masks.document_mask(doc)), atol=1e-5)
+
+
+def test_mask_embedding_noise_changes_only_with_masks(model):
+    ids = torch.tensor([[10, 11, 12, 13]])
+    pos = positions(1, 4, ids.device)
+    allowed = masks.document_mask(torch.zeros_like(ids))
+    with torch.no_grad():
+        clean = model(ids, pos, allowed)
+        same = model(ids, pos, allowed, mask_noise=(MASK, 0.1, torch.Generator().manual_seed(0)))
+        ids_m = ids.clone()
+        ids_m[0, 1] = MASK
+        a = model(ids_m, pos, allowed)
+        b = model(ids_m, pos, allowed, mask_noise=(MASK, 0.1, torch.Generator().manual_seed(0)))
+    assert torch.equal(clean, same) and not torch.allclose(a, b)
+
+
+def test_sampler_runs_on_the_megatron_model(model):
+    kw = dict(mask_id=MASK, eos_id=-1, max_new_tokens=8, max_len=128, block_size=4, threshold=0.95)
+    a = generate(model, [10, 11, 12], **kw)
+    assert a == generate(model, [10, 11, 12], **kw) and len(a.tokens) == 8 and a.forward_passes >= 3
