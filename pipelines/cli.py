@@ -87,6 +87,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-fraction", type=float, default=0.1)
     p.set_defaults(handler=_cmd_make_tasks)
 
+    model = top.add_parser("model", help="import / export model checkpoints", description="Model checkpoints.")
+    msub = model.add_subparsers(dest="model_command", required=True, metavar="SUBCOMMAND")
+    p = _parser_with_examples(msub, "import-hf", "convert an HF safetensors checkpoint (Qwen3, Qwen3-MoE, BailingMoeV2) into ours", [
+        "llada model import-hf /models/Ling-mini-base-2.0 --out work/ckpt/base",
+        "llada model import-hf /models/Qwen3-0.6B --out work/ckpt/qwen --add-mask-token '<|mask|>'",
+    ])
+    p.add_argument("hf_dir", help="HF model directory: config.json, *.safetensors, tokenizer files")
+    p.add_argument("--out", required=True, help="checkpoint directory to create")
+    p.add_argument("--add-mask-token", help="token to add (with a new embedding row) when the tokenizer has no mask token")
+    p.set_defaults(handler=_cmd_import_hf)
+    p = _parser_with_examples(msub, "export-hf", "write a checkpoint as HF safetensors + config.json + tokenizer", [
+        "llada model export-hf work/ckpt/dpo --out work/hf/llada-tiny",
+    ])
+    p.add_argument("ckpt", help="checkpoint directory (from import-hf or training)")
+    p.add_argument("--out", required=True, help="HF directory to create")
+    p.set_defaults(handler=_cmd_export_hf)
+
     cfg = top.add_parser("config", help="inspect recipe configs", description="Inspect recipe configs.")
     csub = cfg.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
     p = _parser_with_examples(csub, "show", "validate a recipe and print its canonical resolved config and digest", [
@@ -146,6 +163,23 @@ def _cmd_make_tasks(args) -> int:
     return 0
 
 
+def _cmd_import_hf(args) -> int:
+    from tasks.model_hf import import_hf
+
+    meta = import_hf(args.hf_dir, args.out, add_mask_token=args.add_mask_token)
+    print(json.dumps({"out": args.out, "source_model_type": meta["source_model_type"],
+                      "added_special_tokens": meta["added_special_tokens"], "vocab_rows_added": meta["vocab_rows_added"]}, indent=2))
+    return 0
+
+
+def _cmd_export_hf(args) -> int:
+    from tasks.model_hf import export_hf
+
+    hf_cfg = export_hf(args.ckpt, args.out)
+    print(json.dumps({"out": args.out, "model_type": hf_cfg["model_type"], "vocab_size": hf_cfg["vocab_size"]}, indent=2))
+    return 0
+
+
 def _cmd_config_show(args) -> int:
     from pipelines.recipe_config import load_recipe
 
@@ -169,11 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     from llada_core.data.chat import ChatFormatError
     from llada_core.data.sources import DataError
     from llada_core.data.tokenizer import TokenizerError
+    from llada_core.model.hf_config import CheckpointError
 
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (ConfigError, DataError, TokenizerError, ChatFormatError) as exc:
+    except (ConfigError, DataError, TokenizerError, ChatFormatError, CheckpointError) as exc:
         print("error: " + textwrap.indent(str(exc), "  ").lstrip(), file=sys.stderr)
         return EXIT_USAGE
 

@@ -21,11 +21,11 @@ def test_help_lists_commands_and_every_leaf_has_examples(capsys):
         main(["--help"])
     assert exit_.value.code == 0
     out = capsys.readouterr().out
-    for command in ("data", "config", "demo"):
+    for command in ("data", "model", "config", "demo"):
         assert command in out
     leaves = [(path, p) for path, p in subcommand_paths(build_parser()) if not any(
         a.__class__.__name__ == "_SubParsersAction" for a in p._actions)]
-    assert {" ".join(path) for path, _ in leaves} >= {"data prepare", "data prepare-sft", "data prepare-dpo", "data make-tasks", "config show", "demo"}
+    assert {" ".join(path) for path, _ in leaves} >= {"data prepare", "data prepare-sft", "data prepare-dpo", "data make-tasks", "config show", "demo", "model import-hf", "model export-hf"}
     for path, _ in leaves:
         with pytest.raises(SystemExit):
             main([*path, "--help"])
@@ -60,3 +60,9 @@ def test_console_script_is_installed():
     script = os.path.join(os.path.dirname(sys.executable), "llada")
     out = subprocess.run([script, "data", "make-tasks", "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "llada data make-tasks --out" in out.stdout
+
+
+def test_model_import_errors_exit_2(tmp_path, capsys):
+    (tmp_path / "config.json").write_text('{"model_type": "gpt2"}')
+    assert main(["model", "import-hf", str(tmp_path), "--out", str(tmp_path / "ckpt")]) == 2
+    assert "unknown architecture model_type='gpt2'" in capsys.readouterr().err

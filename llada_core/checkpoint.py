@@ -1,0 +1,122 @@
+"""Consolidated model checkpoints: what import-hf writes, export-hf reads and training starts from.
+
+  CKPT/model_config.json          ModelConfig (canonical JSON)
+  CKPT/weights/part-NNNNN.safetensors + weights/index.json   tensors by our (megatron) names
+  CKPT/tokenizer/                 the tokenizer the vocabulary rows belong to
+  CKPT/meta.json                  provenance: source, digests, added tokens, code version
+
+Never pickled (safetensors + JSON). Written into a temp dir and renamed: a crash never leaves a
+checkpoint that looks complete. Loading checks every tensor's name and shape against the config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from llada_core.config import canonical_json
+from llada_core.data.tokenizer import LladaTokenizer, load_tokenizer
+from llada_core.model.config import ModelConfig
+from llada_core.model.hf_config import CheckpointError
+from llada_core.model.hf_io import expected_shapes
+
+SHARD_BYTES = 2 << 30
+
+
+def check_shapes(cfg: ModelConfig, name: str, tensor: Tensor) -> None:
+    want = expected_shapes(cfg).get(name)
+    if want is None:
+        raise CheckpointError(f"unexpected tensor {name!r} for this model config")
+    if tuple(tensor.shape) != want:
+        raise CheckpointError(f"tensor {name!r} has shape {tuple(tensor.shape)}, expected {want}")
+
+
+def save_checkpoint(out: str | Path, cfg: ModelConfig, tensors: Iterable[tuple[str, Tensor]], tok: LladaTokenizer,
+                    meta: dict) -> Path:
+    out = Path(out)
+    if (out / "meta.json").exists():
+        raise CheckpointError(f"{out} already holds a checkpoint; remove it first")
+    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
+    (tmp / "weights").mkdir(parents=True)
+    try:
+        expected = expected_shapes(cfg)
+        index, shard, size, seen = {}, {}, 0, set()
+
+        def flush():
+            nonlocal shard, size
+            if shard:
+                name = f"part-{len(set(index.values())):05d}.safetensors"
+                save_file(shard, str(tmp / "weights" / name))
+                index.update(dict.fromkeys(shard, name))
+                shard, size = {}, 0
+
+        for name, tensor in tensors:
+            check_shapes(cfg, name, tensor)
+            shard[name] = tensor.detach().contiguous().cpu()
+            seen.add(name)
+            size += tensor.numel() * tensor.element_size()
+            if size >= SHARD_BYTES:
+                flush()
+        flush()
+        missing = sorted(set(expected) - seen)
+        if missing:
+            raise CheckpointError(f"checkpoint lacks tensor(s) {missing[:5]}")
+        (tmp / "weights" / "index.json").write_text(json.dumps(index, indent=1, sort_keys=True))
+        (tmp / "model_config.json").write_text(canonical_json(cfg) + "\n")
+        tok.save(tmp / "tokenizer")
+        (tmp / "meta.json").write_text(json.dumps(meta | {"tokenizer_digest": tok.digest}, indent=2, sort_keys=True))
+        if out.exists():
+            shutil.rmtree(out)
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def load_checkpoint(path: str | Path) -> tuple[ModelConfig, dict[str, Tensor], LladaTokenizer, dict]:
+    path = Path(path)
+    if not (path / "meta.json").is_file():
+        raise CheckpointError(f"{path} is not a complete checkpoint (no meta.json)")
+    cfg = ModelConfig.model_validate_json((path / "model_config.json").read_text())
+    index = json.loads((path / "weights" / "index.json").read_text())
+    state: dict[str, Tensor] = {}
+    for file in sorted(set(index.values())):
+        state |= load_file(str(path / "weights" / file))
+    for name, tensor in state.items():
+        check_shapes(cfg, name, tensor)
+    missing = sorted(set(expected_shapes(cfg)) - set(state))
+    if missing:
+        raise CheckpointError(f"{path}: missing tensor(s) {missing[:5]}")
+    tok = load_tokenizer(path / "tokenizer")
+    meta = json.loads((path / "meta.json").read_text())
+    if meta.get("tokenizer_digest") != tok.digest:
+        raise CheckpointError(f"{path}: tokenizer digest {tok.digest[:12]} does not match meta.json")
+    if tok.vocab_size > cfg.vocab_size:
+        raise CheckpointError(f"{path}: tokenizer has {tok.vocab_size} tokens but vocab_size={cfg.vocab_size}")
+    return cfg, state, tok, meta
+
+
+def load_into(model, state: dict[str, Tensor]) -> None:
+    """Strict load into a LladaModel (megatron's `_extra_state` entries carry no weights)."""
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith("_extra_state")]
+    if missing or result.unexpected_keys:
+        raise CheckpointError(f"state mismatch: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
+
+
+def tensors_digest(state: dict[str, Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(state):
+        h.update(name.encode())
+        h.update(state[name].contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

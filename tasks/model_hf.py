@@ -1,0 +1,88 @@
+"""Stages: `llada model import-hf HF_DIR --out CKPT` and `llada model export-hf CKPT --out HF_DIR`.
+
+Import reads HF safetensors (never pickle) tensor by tensor, maps them to our megatron names and
+adds embedding / output rows for special tokens the tokenizer lacked (e.g. [MASK]; new rows start
+at zero: an AR base model's [MASK] embedding is near zero anyway, which is why early CPT adds
+noise there). Export writes safetensors + config.json + tokenizer that `transformers` loads.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from llada_core import storage
+from llada_core.checkpoint import load_checkpoint, save_checkpoint
+from llada_core.data.tokenizer import load_tokenizer
+from llada_core.model.hf_config import CheckpointError, from_hf_config, to_hf_config
+from llada_core.model.hf_io import P, hf_to_megatron, megatron_to_hf
+from llada_core.version import code_version
+
+GROWN = (f"{P}embedding.word_embeddings.weight", f"{P}output_layer.weight")
+
+
+def _safetensors_files(hf_dir: Path) -> list[Path]:
+    files = sorted(hf_dir.glob("*.safetensors"))
+    if not files:
+        pickled = sorted(p.name for p in hf_dir.glob("*.bin"))
+        hint = f" (found {pickled}: pickle checkpoints are not loaded; convert them to safetensors)" if pickled else ""
+        raise CheckpointError(f"no *.safetensors in {hf_dir}{hint}")
+    return files
+
+
+def import_hf(hf_dir: str | Path, out: str | Path, add_mask_token: str | None = None) -> dict:
+    hf_dir = Path(hf_dir)
+    try:
+        hf_cfg = json.loads((hf_dir / "config.json").read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"no config.json in {hf_dir}") from None
+    cfg = from_hf_config(hf_cfg)
+    tok = load_tokenizer(hf_dir, add_mask_token=add_mask_token)
+    original = tok.vocab_size - len(tok.added_roles)
+    if original > cfg.vocab_size:
+        raise CheckpointError(f"vocab mismatch: the tokenizer has {original} tokens but config.json vocab_size={cfg.vocab_size}")
+    grown = max(cfg.vocab_size, tok.vocab_size)
+    new_cfg = cfg.model_copy(update={"vocab_size": grown})
+
+    handles = [safe_open(str(f), "pt") for f in _safetensors_files(hf_dir)]
+    where = {name: h for h in handles for name in h.keys()}
+
+    def tensors():
+        for name, tensor in hf_to_megatron(lambda n: where[n].get_tensor(n), set(where), cfg, hf_cfg["model_type"]):
+            if name in GROWN and grown > tensor.shape[0]:
+                tensor = torch.cat([tensor, tensor.new_zeros(grown - tensor.shape[0], tensor.shape[1])])
+            yield name, tensor.float()
+
+    meta = {
+        "source": str(hf_dir.resolve()), "source_model_type": hf_cfg["model_type"],
+        "source_files": {f.name: storage.sha256_of(*storage.resolve(str(f))) for f in _safetensors_files(hf_dir)},
+        "added_special_tokens": tok.added_roles, "vocab_rows_added": grown - cfg.vocab_size, "code_version": code_version(),
+    }
+    save_checkpoint(out, new_cfg, tensors(), tok, meta)
+    return meta
+
+
+def export_hf(ckpt: str | Path, out: str | Path) -> dict:
+    cfg, state, tok, meta = load_checkpoint(ckpt)
+    hf_cfg = to_hf_config(cfg) | {"bos_token_id": tok.id_of("bos"), "eos_token_id": tok.id_of("eos"),
+                                  "pad_token_id": tok.id_of("pad"), "mask_token_id": tok.id_of("mask")}
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir(parents=True)
+    try:
+        save_file(megatron_to_hf(state, cfg, hf_cfg["model_type"]), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2, sort_keys=True))
+        tok.save(tmp)
+        if out.exists():
+            raise CheckpointError(f"{out} exists; refusing to overwrite")
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return hf_cfg
