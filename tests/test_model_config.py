@@ -26,7 +26,7 @@ def test_tiny_preset_is_small_and_moe():
 
 @pytest.mark.parametrize("override, key", [
     ("num_kv_heads=3", "num_kv_heads"),
-    ("moe_topk=9", "moe_topk"),
+    ("moe_topk=17", "moe_topk"),
     ("router_num_groups=3", "router_num_groups"),
     ("router_group_topk=5", "router_group_topk"),
     ("rotary_percent=0.3", "rotary_percent"),
