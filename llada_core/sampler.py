@@ -7,11 +7,16 @@ is accepted; if fewer than `min_accept` pass, the `min_accept` most confident ar
 are clean context under the block-causal layout (the inference face of the Eq. 3 mask): a clean
 block attends only to itself and earlier blocks, the block being decoded to itself and everything
 before it.
+With a model that offers `kv_cache()` (LladaModel) the keys/values of finished blocks are
+computed once and reused: each forward then processes only the block being decoded, plus, on its
+first step, the clean tokens not cached yet (the block just finished, or the prompt), which that
+same forward commits to the cache; otherwise every step recomputes the whole prefix.
 TPF (tokens per forward) = generated tokens / model forward calls.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -24,17 +29,36 @@ class DecodeResult:
     tokens: list[int]  # generated tokens (up to and including EOS when it was produced)
     forward_passes: int
     steps_per_block: list[int]
+    tokens_processed: int = 0  # positions run through the model, summed over forwards
 
     @property
     def tpf(self) -> float:
         return len(self.tokens) / max(self.forward_passes, 1)
 
 
+def _recompute_logits(model, seq, start: int, end: int, block_size: int, cache=None):
+    """Logits of positions [start, end) from a forward over the whole prefix [0, end)."""
+    ids = seq[:, :end]
+    positions = torch.arange(end, device=seq.device)[None]
+    allowed = masks.block_causal_mask(torch.zeros_like(ids), block_size)
+    return model(ids, positions, allowed)[0, start:end], end
+
+
+def _cached_logits(model, seq, start: int, end: int, block_size: int, cache=None):
+    """Same logits, running only the tokens after the cache; clean ones before `start` get committed."""
+    first = cache.length
+    q = torch.arange(first, end, device=seq.device)
+    k = torch.arange(end, device=seq.device)
+    allowed = masks.block_causal_allowed(q[:, None], k[None, :], block_size)[None]
+    logits = cache.run(model, seq[:, first:end], q[None], allowed, commit=start - first)
+    return logits[0, start - first :], end - first
+
+
 @torch.no_grad()
 def generate(model, prompt: list[int], *, mask_id: int, eos_id: int, max_new_tokens: int, max_len: int,
              block_size: int = 32, threshold: float = 0.95, min_accept: int = 1, temperature: float = 0.0,
              stop_ids: tuple[int, ...] = (), generator: torch.Generator | None = None,
-             device: str | torch.device = "cpu") -> DecodeResult:
+             device: str | torch.device = "cpu", use_cache: bool = True) -> DecodeResult:
     if not prompt:
         raise ValueError("empty prompt")
     if max_new_tokens < 1 or min_accept < 1 or not 0.0 <= threshold <= 1.0:
@@ -48,17 +72,24 @@ def generate(model, prompt: list[int], *, mask_id: int, eos_id: int, max_new_tok
         )
     seq = torch.full((1, end_all), mask_id, dtype=torch.long, device=device)
     seq[0, :start] = torch.tensor(prompt, device=device)
-    stops = {eos_id, *stop_ids}
-    passes, steps_per_block = 0, []
+    cached = use_cache and hasattr(model, "kv_cache")
+    with model.kv_cache() if cached else contextlib.nullcontext() as cache:
+        return _decode(model, seq, start, max_new_tokens, mask_id, {eos_id, *stop_ids}, block_size, threshold,
+                       min_accept, temperature, generator, _cached_logits if cached else _recompute_logits, cache)
+
+
+def _decode(model, seq, start, max_new_tokens, mask_id, stops, block_size, threshold, min_accept, temperature,
+            generator, block_logits, cache) -> DecodeResult:
+    passes, steps_per_block, processed = 0, [], 0
     pos = start
     while pos < start + max_new_tokens:
         block_end = (pos // block_size + 1) * block_size
         steps = 0
+        block_start = pos - pos % block_size
         while (seq[0, pos:block_end] == mask_id).any():
-            ids = seq[:, :block_end]
-            positions = torch.arange(block_end, device=device)[None]
-            allowed = masks.block_causal_mask(torch.zeros_like(ids), block_size)
-            logits = model(ids, positions, allowed)[0, pos:block_end].float()
+            logits, n = block_logits(model, seq, block_start, block_end, block_size, cache)
+            logits = logits[pos - block_start :].float()
+            processed += n
             logits[:, mask_id] = float("-inf")  # never "predict" the noise token
             probs = torch.softmax(logits / temperature if temperature > 0 else logits, dim=-1)
             if temperature > 0:
@@ -80,6 +111,6 @@ def generate(model, prompt: list[int], *, mask_id: int, eos_id: int, max_new_tok
         block = seq[0, pos:block_end].tolist()
         hit = next((i for i, t in enumerate(block) if t in stops), None)
         if hit is not None:
-            return DecodeResult(seq[0, start : pos + hit + 1].tolist(), passes, steps_per_block)
+            return DecodeResult(seq[0, start : pos + hit + 1].tolist(), passes, steps_per_block, processed)
         pos = block_end
-    return DecodeResult(seq[0, start : start + max_new_tokens].tolist(), passes, steps_per_block)
+    return DecodeResult(seq[0, start : start + max_new_tokens].tolist(), passes, steps_per_block, processed)

@@ -122,3 +122,24 @@ def test_sampler_runs_on_the_megatron_model(model):
     kw = dict(mask_id=MASK, eos_id=-1, max_new_tokens=8, max_len=128, block_size=4, threshold=0.95)
     a = generate(model, [10, 11, 12], **kw)
     assert a == generate(model, [10, 11, 12], **kw) and len(a.tokens) == 8 and a.forward_passes >= 3
+
+
+def test_kv_cache_decoding_equals_recompute(model):
+    from llada_core.sampler import _cached_logits, _recompute_logits
+
+    g = torch.Generator().manual_seed(4)
+    seq = torch.randint(8, 64, (1, 20), generator=g)
+    seq[0, 13:16] = MASK  # decoding block 3 (positions 12..15) of block size 4
+    with torch.no_grad(), model.kv_cache() as cache:
+        full, n_full = _recompute_logits(model, seq, 12, 16, 4)
+        first, n_first = _cached_logits(model, seq, 12, 16, 4, cache)  # runs 0..15, commits 0..11
+        again, n_again = _cached_logits(model, seq, 12, 16, 4, cache)  # runs only 12..15
+    assert cache.length == 12 and (n_full, n_first, n_again) == (16, 16, 4)
+    assert torch.allclose(full, first, atol=1e-5) and torch.allclose(full, again, atol=1e-5)
+
+    kw = dict(mask_id=MASK, eos_id=-1, max_new_tokens=12, max_len=128, block_size=4, threshold=0.5)
+    prompt = [10, 11, 12, 13, 14, 15]
+    cached = generate(model, prompt, **kw)
+    recomputed = generate(model, prompt, **kw, use_cache=False)
+    assert cached.tokens == recomputed.tokens and cached.forward_passes == recomputed.forward_passes
+    assert cached.tokens_processed < recomputed.tokens_processed

@@ -19,7 +19,38 @@ from megatron.core.transformer.module import MegatronModule
 from megatron.core.utils import divide
 
 
+class KVCache:
+    """Keys/values of finished (clean) blocks for decoding. Under the block-causal layout a clean
+    block never attends to anything after it, so its K/V are final once written. A forward called
+    through `run(..., commit=n)` sees cached + new keys; the first n new tokens are then kept."""
+
+    def __init__(self):
+        self.length = 0  # tokens cached, identical in every layer
+        self._kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._commit = 0
+
+    def extend(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        past = self._kv.get(layer)
+        if past is not None:
+            key, value = torch.cat([past[0], key]), torch.cat([past[1], value])
+        if self._commit:
+            keep = self.length + self._commit
+            self._kv[layer] = (key[:keep], value[:keep])
+        return key, value
+
+    def run(self, model, input_ids, position_ids, allowed, commit: int = 0):
+        self._commit = commit
+        try:
+            out = model(input_ids, position_ids, allowed)
+        finally:
+            self._commit = 0
+        self.length += commit
+        return out
+
+
 class SDPACoreAttention(MegatronModule):
+    kv_cache: KVCache | None = None  # set while decoding with a cache (LladaModel.kv_cache)
+
     def __init__(self, config, layer_number, attn_mask_type, attention_type="self", attention_dropout=None,
                  softmax_scale=None, cp_comm_type=None, pg_collection=None):
         super().__init__(config=config)
@@ -33,11 +64,14 @@ class SDPACoreAttention(MegatronModule):
         self.attn_mask_type = attn_mask_type
         self.scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(config.kv_channels)
         self.dropout = config.attention_dropout if attention_dropout is None else attention_dropout
+        self.layer_number = layer_number
 
     def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
                 packed_seq_params=None):
         if packed_seq_params is not None or attention_bias is not None:
             raise NotImplementedError("SDPACoreAttention takes a dense mask, not packed-sequence params or a bias")
+        if self.kv_cache is not None:  # keys arrive rotated: cached keys stay valid
+            key, value = self.kv_cache.extend(self.layer_number, key, value)
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [B, heads, S, D]
         if self.heads != self.groups:
             k = k.repeat_interleave(self.heads // self.groups, dim=1)

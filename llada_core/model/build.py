@@ -12,6 +12,8 @@ is parallel-specific beyond passing the layout's sizes into TransformerConfig.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
@@ -20,7 +22,7 @@ from megatron.core.models.gpt.gpt_layer_specs import get_gpt_decoder_block_spec
 from megatron.core.transformer import TransformerConfig
 from torch import Tensor, nn
 
-from llada_core.model.attention import core_attention_class
+from llada_core.model.attention import KVCache, core_attention_class
 from llada_core.model.config import ModelConfig
 from llada_core.objectives.common import add_mask_embedding_noise
 from llada_core.parallel.layout import ParallelLayout
@@ -87,6 +89,21 @@ class LladaModel(nn.Module):
         )
         # Same state, one overridden method: RoPE positions from position_ids (see module doc).
         self.gpt.rotary_pos_emb.__class__ = IndexedRotaryEmbedding
+
+    @contextmanager
+    def kv_cache(self):
+        """Decode with cached keys/values of finished blocks (see llada_core.sampler)."""
+        cache = KVCache()
+        attentions = [layer.self_attention.core_attention for layer in self.gpt.decoder.layers]
+        if not all(hasattr(a, "kv_cache") for a in attentions):
+            raise NotImplementedError(f"attention_backend={self.cfg.attention_backend!r} has no KV cache")
+        for a in attentions:
+            a.kv_cache = cache
+        try:
+            yield cache
+        finally:
+            for a in attentions:
+                a.kv_cache = None
 
     def forward(self, input_ids: Tensor, position_ids: Tensor, allowed: Tensor, mask_noise: tuple | None = None) -> Tensor:
         """mask_noise = (mask_id, std, generator) adds Gaussian noise to [MASK] embeddings."""
