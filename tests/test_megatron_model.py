@@ -143,3 +143,33 @@ def test_kv_cache_decoding_equals_recompute(model):
     recomputed = generate(model, prompt, **kw, use_cache=False)
     assert cached.tokens == recomputed.tokens and cached.forward_passes == recomputed.forward_passes
     assert cached.tokens_processed < recomputed.tokens_processed
+
+
+def test_flex_backend_forward_matches_sdpa(model):
+    """The GPU backend's math, checked on CPU: flex_attention (eager, dynamo re-enabled for this
+    test) with a BlockMask from the block-diffusion mask equals SDPA, GQA included."""
+    from megatron.core.transformer.enums import AttnMaskType
+
+    from llada_core.model.attention import FlexCoreAttention, SDPACoreAttention
+
+    cfg = model.gpt.config
+    sdpa = SDPACoreAttention(config=cfg, layer_number=1, attn_mask_type=AttnMaskType.causal)
+    flex = FlexCoreAttention(config=cfg, layer_number=1, attn_mask_type=AttnMaskType.causal)
+    g = torch.Generator().manual_seed(5)
+    S, B = 32, 2
+    q = torch.randn(S, B, cfg.num_attention_heads, cfg.kv_channels, generator=g)
+    k, v = (torch.randn(S, B, cfg.num_query_groups, cfg.kv_channels, generator=g) for _ in range(2))
+    doc = torch.tensor([[0] * 10 + [1] * 6, [0] * 16])
+    masked_out = ~masks.block_diffusion_mask(doc, 4)[:, None]
+    with torch._dynamo.config.patch(disable=False):
+        out_flex = flex(q, k, v, masked_out)
+    assert torch.allclose(out_flex, sdpa(q, k, v, masked_out), atol=1e-5)
+
+
+def test_flex_backend_is_refused_on_cpu(model):
+    from llada_core.model.build import LladaModel
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ValueError, match="attention_backend='flex' needs a GPU"):
+        LladaModel(load_preset("tiny", ["attention_backend=flex", "vocab_size=64"]))

@@ -1,7 +1,8 @@
 """Core attention for megatron's SelfAttention, chosen by config (`attention_backend`).
 
 `sdpa` (default, CPU and GPU): torch scaled_dot_product_attention with an arbitrary per-sample
-boolean mask. megatron passes masks as True = masked OUT; SDPA wants True = may attend: the
+boolean mask. `flex` (GPU): flex_attention with a BlockMask from the same mask, skipping empty
+blocks. flash-attn is not offered: it cannot express the block-diffusion (Eq. 3) mask. megatron passes masks as True = masked OUT; SDPA wants True = may attend: the
 inversion happens here and only here. GQA: megatron hands over un-expanded KV heads
 ([S, B, groups, D]); query head j uses KV group j // (heads / groups), as megatron and HF do.
 Every query must see at least one key (all our masks keep the diagonal); a fully masked row
@@ -73,16 +74,54 @@ class SDPACoreAttention(MegatronModule):
         if self.kv_cache is not None:  # keys arrive rotated: cached keys stay valid
             key, value = self.kv_cache.extend(self.layer_number, key, value)
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [B, heads, S, D]
+        mask_type = attn_mask_type if attn_mask_type is not None else self.attn_mask_type
+        if attention_mask is not None:
+            allowed = ~attention_mask.to(torch.bool)[:, 0]  # [B, Sq, Sk]
+        elif mask_type == AttnMaskType.causal:
+            allowed = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril(k.shape[2] - q.shape[2])[None]
+        else:
+            allowed = None
+        out = self.attend(q, k, v, allowed)
+        b, h, s, d = out.shape
+        return out.permute(2, 0, 1, 3).reshape(s, b, h * d)
+
+    def attend(self, q, k, v, allowed):
         if self.heads != self.groups:
             k = k.repeat_interleave(self.heads // self.groups, dim=1)
             v = v.repeat_interleave(self.heads // self.groups, dim=1)
-        mask_type = attn_mask_type if attn_mask_type is not None else self.attn_mask_type
-        allowed = None if attention_mask is None else ~attention_mask.to(torch.bool)
-        causal = attention_mask is None and mask_type == AttnMaskType.causal and q.shape[2] > 1
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, is_causal=causal, scale=self.scale,
-                                             dropout_p=self.dropout if self.training else 0.0)
-        b, h, s, d = out.shape
-        return out.permute(2, 0, 1, 3).reshape(s, b, h * d)
+        mask = None if allowed is None else allowed[:, None]
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale,
+                                              dropout_p=self.dropout if self.training else 0.0)
+
+
+class FlexCoreAttention(SDPACoreAttention):
+    """flex_attention with a BlockMask built from the same boolean mask (GPU backend): blocks with no
+    allowed (query, key) pair are skipped, which is most of the [x_t ; x_0] block-diffusion mask. Needs
+    torch.compile for its fused kernel (and for a backward), so it is for CUDA processes; the CPU
+    compat layer disables dynamo."""
+
+    def attend(self, q, k, v, allowed):
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+        if self.training and self.dropout:
+            raise ValueError("the flex backend does not implement attention dropout")
+        block_mask = None
+        if allowed is not None:
+            batch = allowed.shape[0]
+            allowed = allowed.expand(q.shape[0], -1, -1) if batch == 1 else allowed
+            block_mask = create_block_mask(lambda b, h, qi, ki: allowed[b, qi, ki], q.shape[0], None,
+                                           q.shape[2], k.shape[2], device=q.device)
+        return _compiled(flex_attention)(q, k, v, block_mask=block_mask, scale=self.scale,
+                                         enable_gqa=self.heads != self.groups)
+
+
+_COMPILED: dict = {}
+
+
+def _compiled(fn):
+    if torch.cuda.is_available() and fn not in _COMPILED:
+        _COMPILED[fn] = torch.compile(fn, dynamic=False)
+    return _COMPILED.get(fn, fn)
 
 
 def core_attention_class(backend: str):
@@ -90,4 +129,6 @@ def core_attention_class(backend: str):
         return SDPACoreAttention
     if not torch.cuda.is_available():
         raise ValueError(f"attention_backend={backend!r} needs a GPU; use 'sdpa' on CPU")
-    raise NotImplementedError(f"attention_backend={backend!r} is not implemented yet; use 'sdpa'")
+    if backend == "flex":
+        return FlexCoreAttention
+    raise ValueError(f"unknown attention_backend={backend!r}; use 'sdpa' or 'flex'")

@@ -42,7 +42,7 @@ class ModelConfig(StrictModel):
     norm_eps: float = Field(1e-6, gt=0)
     tie_embeddings: bool = False
     init_std: float = Field(0.02, gt=0)
-    attention_backend: Literal["sdpa", "flex", "flash"] = "sdpa"  # flex / flash: GPU only
+    attention_backend: Literal["sdpa", "flex"] = "sdpa"  # flex: GPU only (torch.compile)
 
     @model_validator(mode="after")
     def _check(self):
