@@ -31,19 +31,28 @@ def hf_tokenizer_dir(path, vocab: int):
 
 
 def make_hf(kind, path, **over):
-    from transformers import Qwen3Config, Qwen3ForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM
+    from transformers import (
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        Qwen3Config,
+        Qwen3ForCausalLM,
+        Qwen3MoeConfig,
+        Qwen3MoeForCausalLM,
+    )
 
     torch.manual_seed(0)
     common = dict(vocab_size=96, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
                   head_dim=8, intermediate_size=48, max_position_embeddings=128, rope_theta=10000.0)
     if kind == "qwen3":
         model = Qwen3ForCausalLM(Qwen3Config(**common | over))
+    elif kind == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**{k: v for k, v in common.items() if k != "head_dim"} | over))
     else:
         model = Qwen3MoeForCausalLM(Qwen3MoeConfig(**common | dict(moe_intermediate_size=16, num_local_experts=4,
                                                                    num_experts_per_tok=2, norm_topk_prob=True) | over))
     with torch.no_grad():  # non-trivial norms, so a mixed-up norm mapping shows
         for name, p in model.named_parameters():
-            if "norm" in name:
+            if "norm" in name or name.endswith("bias"):
                 p.add_(0.1 * torch.randn_like(p))
     model.eval().save_pretrained(path)
     hf_tokenizer_dir(path, 96)
@@ -67,7 +76,7 @@ def our_logits(ckpt, ids):
         return model(ids, positions(*ids.shape, ids.device), masks.causal_mask(torch.zeros_like(ids)))
 
 
-@pytest.mark.parametrize("kind, over", [("qwen3", {}), ("qwen3_moe", {}), ("qwen3_moe", {"norm_topk_prob": False, "mlp_only_layers": [0]})])
+@pytest.mark.parametrize("kind, over", [("qwen2", {"tie_word_embeddings": True}), ("qwen3", {}), ("qwen3_moe", {}), ("qwen3_moe", {"norm_topk_prob": False, "mlp_only_layers": [0]})])
 def test_imported_logits_match_transformers(megatron_ready, tmp_path, kind, over):
     hf = make_hf(kind, tmp_path / "hf", **over)
     meta = import_hf(tmp_path / "hf", tmp_path / "ckpt", add_mask_token="<|mask|>")
@@ -81,10 +90,11 @@ def test_imported_logits_match_transformers(megatron_ready, tmp_path, kind, over
     assert tok.special["mask"] == "<|mask|>" and tok.id_of("mask") >= 96 and tok.special["eos"] == "</s>"
 
 
-def test_export_reimport_is_bit_exact_and_transformers_loads_it(megatron_ready, tmp_path):
+@pytest.mark.parametrize("kind, over", [("qwen3_moe", {}), ("qwen2", {"tie_word_embeddings": True})])
+def test_export_reimport_is_bit_exact_and_transformers_loads_it(megatron_ready, tmp_path, kind, over):
     from transformers import AutoModelForCausalLM
 
-    make_hf("qwen3_moe", tmp_path / "hf")
+    make_hf(kind, tmp_path / "hf", **over)
     import_hf(tmp_path / "hf", tmp_path / "ckpt", add_mask_token="<|mask|>")
     export_hf(tmp_path / "ckpt", tmp_path / "export")
     import_hf(tmp_path / "export", tmp_path / "ckpt2")

@@ -36,6 +36,7 @@ class ModelConfig(StrictModel):
     routed_scaling_factor: float = Field(1.0, gt=0)
     norm_topk_prob: bool = True
     qk_norm: bool = True
+    qkv_bias: bool = False  # Qwen2
     rotary_percent: float = Field(0.5, gt=0, le=1)
     rotary_base: float = Field(600000.0, gt=0)
     max_position: int = Field(4096, ge=2)
@@ -75,7 +76,8 @@ class ModelConfig(StrictModel):
         q = self.hidden_size * self.num_heads * self.head_dim
         kv = 2 * self.hidden_size * self.num_kv_heads * self.head_dim
         norms = 2 * self.head_dim if self.qk_norm else 0
-        return q + kv + self.num_heads * self.head_dim * self.hidden_size + norms + 2 * self.hidden_size
+        bias = (self.num_heads + 2 * self.num_kv_heads) * self.head_dim if self.qkv_bias else 0
+        return q + kv + bias + self.num_heads * self.head_dim * self.hidden_size + norms + 2 * self.hidden_size
 
     def _params(self, experts_counted: int) -> int:
         glu = 3 * self.hidden_size  # gate, up, down per FFN unit

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from llada_core.model.config import ModelConfig
 
-SUPPORTED = ("qwen3", "qwen3_moe", "bailing_moe_v2")
+SUPPORTED = ("qwen2", "qwen3", "qwen3_moe", "bailing_moe_v2")
 
 
 class CheckpointError(ValueError):
@@ -50,6 +50,11 @@ def from_hf_config(cfg: dict) -> ModelConfig:
         max_position=_get(cfg, "max_position_embeddings", default=4096),
     )
     _require(cfg, "hidden_act", "silu", "silu")
+    if arch == "qwen2":
+        if cfg.get("use_sliding_window"):
+            raise CheckpointError("config.json: use_sliding_window=true is not supported")
+        return ModelConfig(**common, ffn_hidden_size=_get(cfg, "intermediate_size"), first_k_dense=common["num_layers"],
+                           qk_norm=False, qkv_bias=True, rotary_percent=1.0)
     if arch in ("qwen3", "qwen3_moe"):
         _require(cfg, "attention_bias", False, False)
         common |= dict(qk_norm=True, rotary_percent=1.0)
@@ -92,7 +97,12 @@ def to_hf_config(cfg: ModelConfig) -> dict:
         "max_position_embeddings": cfg.max_position, "torch_dtype": "float32",
         "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rotary_base}, "rope_theta": cfg.rotary_base,
     }
-    qwen_like = cfg.qk_norm and cfg.rotary_percent == 1.0
+    qwen_like = cfg.qk_norm and cfg.rotary_percent == 1.0 and not cfg.qkv_bias
+    if not cfg.is_moe and cfg.qkv_bias and not cfg.qk_norm and cfg.rotary_percent == 1.0:
+        return common | {"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "intermediate_size": cfg.ffn_hidden_size,
+                         "use_sliding_window": False}
+    if cfg.qkv_bias:
+        raise CheckpointError("qkv_bias is only exportable as a dense Qwen2 model (no qk_norm, full RoPE)")
     if not cfg.is_moe and qwen_like:
         return common | {"model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"], "intermediate_size": cfg.ffn_hidden_size,
                          "attention_bias": False}

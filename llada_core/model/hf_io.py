@@ -28,6 +28,7 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
         out |= {
             layer + "input_layernorm.weight": (H,),
             layer + "self_attention.linear_qkv.weight": (qkv_rows, H),
+            **({layer + "self_attention.linear_qkv.bias": (qkv_rows,)} if cfg.qkv_bias else {}),
             layer + "self_attention.linear_proj.weight": (H, cfg.num_heads * d),
             layer + "pre_mlp_layernorm.weight": (H,),
         }
@@ -53,16 +54,17 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 
 def qkv_to_megatron(q: Tensor, k: Tensor, v: Tensor, cfg: ModelConfig) -> Tensor:
-    g, d, H = cfg.num_kv_heads, cfg.head_dim, q.shape[1]
+    """Weights [rows, H] or biases [rows]: interleave per KV group."""
+    g, d, rest = cfg.num_kv_heads, cfg.head_dim, q.shape[1:]
     per = cfg.num_heads // g
-    return torch.cat([q.reshape(g, per * d, H), k.reshape(g, d, H), v.reshape(g, d, H)], 1).reshape(-1, H)
+    return torch.cat([q.reshape(g, per * d, *rest), k.reshape(g, d, *rest), v.reshape(g, d, *rest)], 1).reshape(-1, *rest)
 
 
 def qkv_from_megatron(w: Tensor, cfg: ModelConfig) -> tuple[Tensor, Tensor, Tensor]:
-    g, d, H = cfg.num_kv_heads, cfg.head_dim, w.shape[1]
+    g, d, rest = cfg.num_kv_heads, cfg.head_dim, w.shape[1:]
     per = cfg.num_heads // g
-    q, k, v = w.reshape(g, (per + 2) * d, H).split([per * d, d, d], dim=1)
-    return q.reshape(-1, H), k.reshape(-1, H), v.reshape(-1, H)
+    q, k, v = w.reshape(g, (per + 2) * d, *rest).split([per * d, d, d], dim=1)
+    return q.reshape(-1, *rest), k.reshape(-1, *rest), v.reshape(-1, *rest)
 
 
 def _names(arch: str) -> dict[str, str]:
@@ -102,6 +104,8 @@ def hf_to_megatron(get, names: set[str], cfg: ModelConfig, arch: str) -> Iterato
         else:
             q, k, v = (take(a + f"{x}_proj.weight") for x in "qkv")
         yield ours + "self_attention.linear_qkv.weight", qkv_to_megatron(q, k, v, cfg)
+        if cfg.qkv_bias:
+            yield ours + "self_attention.linear_qkv.bias", qkv_to_megatron(*(take(a + f"{x}_proj.bias") for x in "qkv"), cfg)
         yield ours + "self_attention.linear_proj.weight", take(a + n["o"])
         if cfg.qk_norm:
             yield ours + "self_attention.q_layernorm.weight", take(a + n["q_norm"])
@@ -125,6 +129,8 @@ def hf_to_megatron(get, names: set[str], cfg: ModelConfig, arch: str) -> Iterato
     yield f"{P}decoder.final_layernorm.weight", take("model.norm.weight")
     if not cfg.tie_embeddings:
         yield f"{P}output_layer.weight", take("lm_head.weight")
+    elif "lm_head.weight" in left:  # some tied checkpoints store the shared matrix twice
+        left.discard("lm_head.weight")
     left = {x for x in left if not x.endswith("rotary_emb.inv_freq")}
     if left:
         raise CheckpointError(f"unexpected tensors in the HF checkpoint (not mapped): {sorted(left)[:5]}")
@@ -148,6 +154,8 @@ def megatron_to_hf(sd: dict[str, Tensor], cfg: ModelConfig, arch: str) -> dict[s
             out[a + n["qkv"]] = torch.cat([q, k, v])
         else:
             out |= {a + "q_proj.weight": q, a + "k_proj.weight": k, a + "v_proj.weight": v}
+        if cfg.qkv_bias:
+            out |= dict(zip((a + f"{x}_proj.bias" for x in "qkv"), qkv_from_megatron(sd[ours + "self_attention.linear_qkv.bias"], cfg), strict=True))
         out[a + n["o"]] = sd[ours + "self_attention.linear_proj.weight"]
         if cfg.qk_norm:
             out[a + n["q_norm"]] = sd[ours + "self_attention.q_layernorm.weight"]
