@@ -114,3 +114,14 @@ def _decode(model, seq, start, max_new_tokens, mask_id, stops, block_size, thres
             return DecodeResult(seq[0, start : pos + hit + 1].tolist(), passes, steps_per_block, processed)
         pos = block_end
     return DecodeResult(seq[0, start : start + max_new_tokens].tolist(), passes, steps_per_block, processed)
+
+
+def generate_text(model, tok, prompt: str | list[dict], **kw) -> tuple[str, DecodeResult]:
+    """Chat-templated decoding: the answer text (up to <|eot|> / EOS) and the decode statistics."""
+    from llada_core.data.chat import encode_prompt
+
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    stops = (tok.id_of("eot"), tok.id_of("eos"))
+    result = generate(model, encode_prompt(tok, messages), mask_id=tok.id_of("mask"), eos_id=stops[1],
+                      stop_ids=stops[:1], **kw)
+    return tok.decode([t for t in result.tokens if t not in stops]), result

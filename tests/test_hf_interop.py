@@ -154,7 +154,8 @@ def test_bad_checkpoints_name_the_problem(megatron_ready, tmp_path):
 def test_bailing_moe_v2_round_trip(megatron_ready, tmp_path):
     """Our Ling-shaped tiny model exports as BailingMoeV2 (fused query_key_value, shared experts,
     expert_bias, partial RoPE) and re-imports bit-exact with identical logits. transformers has no
-    BailingMoeV2 class to serve as an oracle here, so this checks the mapping's self-consistency."""
+    BailingMoeV2 class to serve as a logits oracle here; the tensor names and the contiguous [Q|K|V]
+    fusion were checked against public BailingMoeV2 loaders (sglang/NeMo-style converters)."""
     from llada_core.checkpoint import save_checkpoint
     from llada_core.data.tokenizer import train_bpe
     from llada_core.model.build import LladaModel

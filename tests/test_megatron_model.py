@@ -173,3 +173,17 @@ def test_flex_backend_is_refused_on_cpu(model):
         pytest.skip("this machine has a GPU")
     with pytest.raises(ValueError, match="attention_backend='flex' needs a GPU"):
         LladaModel(load_preset("tiny", ["attention_backend=flex", "vocab_size=64"]))
+
+
+def test_generate_text_with_chat_template(model):
+    from llada_core.data.tokenizer import train_bpe
+    from llada_core.sampler import generate_text
+
+    tok = train_bpe(iter(["Add: 12+30=42 Sort the digits: 321"] * 20), 300)
+    from llada_core.model.build import LladaModel
+
+    lm = LladaModel(load_preset("tiny", [f"vocab_size={tok.vocab_size}", "max_position=128"])).eval()
+    text, result = generate_text(lm, tok, "Add: 1+2=", max_new_tokens=8, max_len=128, block_size=4)
+    again, _ = generate_text(lm, tok, "Add: 1+2=", max_new_tokens=8, max_len=128, block_size=4)
+    assert isinstance(text, str) and text == again and 1 <= len(result.tokens) <= 8
+    assert result.tpf == len(result.tokens) / result.forward_passes
