@@ -10,6 +10,8 @@ from llada_core.objectives.block_diffusion import block_diffusion_loss, denoise_
 from llada_core.objectives.common import draw_noise, positions
 from llada_core.sampler import generate
 
+pytestmark = pytest.mark.slow  # builds megatron-core models
+
 MASK = 3
 
 
