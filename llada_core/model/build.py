@@ -66,29 +66,45 @@ def transformer_config(cfg: ModelConfig, layout: ParallelLayout, dtype: torch.dt
         masked_softmax_fusion=False, persist_layer_norm=False, gradient_accumulation_fusion=False,
         params_dtype=dtype, bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16,
         use_cpu_initialization=not torch.cuda.is_available(), perform_initialization=True, init_method_std=cfg.init_std,
-        tensor_model_parallel_size=layout.tp, pipeline_model_parallel_size=layout.pp,
+        tensor_model_parallel_size=layout.tp, pipeline_model_parallel_size=layout.pp, pipeline_dtype=dtype,
         context_parallel_size=layout.cp, sequence_parallel=layout.use_sequence_parallel,
         **moe,
     )
 
 
 class LladaModel(nn.Module):
+    """One pipeline stage of the model (the whole model when pp = 1): the first stage embeds, the
+    last returns logits, the others map hidden states [S, B, H] to hidden states."""
+
     def __init__(self, cfg: ModelConfig, layout: ParallelLayout | None = None, dtype: torch.dtype = torch.float32):
+        from megatron.core import parallel_state
+
         super().__init__()
         layout = layout or ParallelLayout()
         layout.check_model(cfg.num_layers, cfg.num_experts, cfg.num_heads, cfg.num_kv_heads)
         self.cfg, self.layout = cfg, layout
+        self.pre_process = parallel_state.is_pipeline_first_stage(ignore_virtual=True)
+        self.post_process = parallel_state.is_pipeline_last_stage(ignore_virtual=True)
         tcfg = transformer_config(cfg, layout, dtype)
+        # Builds every layer's spec from moe_layer_freq, then keeps this stage's slice.
         spec = get_gpt_decoder_block_spec(tcfg, use_transformer_engine=False, normalization="RMSNorm")
         for layer_spec in spec.layer_specs:
             layer_spec.submodules.self_attention.submodules.core_attention = core_attention_class(cfg.attention_backend)
         self.gpt = GPTModel(
             config=tcfg, transformer_layer_spec=spec, vocab_size=cfg.vocab_size, max_sequence_length=cfg.max_position,
-            pre_process=True, post_process=True, share_embeddings_and_output_weights=cfg.tie_embeddings,
+            pre_process=self.pre_process, post_process=self.post_process,
+            share_embeddings_and_output_weights=cfg.tie_embeddings,
             position_embedding_type="rope", rotary_percent=cfg.rotary_percent, rotary_base=int(cfg.rotary_base),
         )
         # Same state, one overridden method: RoPE positions from position_ids (see module doc).
+        # Every pipeline stage computes its own rotary table, so every stage gets the override.
         self.gpt.rotary_pos_emb.__class__ = IndexedRotaryEmbedding
+
+    @property
+    def module(self):
+        """What megatron's schedules unwrap to find config / set_input_tensor (not a submodule:
+        registering it would duplicate every state-dict key)."""
+        return self.gpt
 
     @contextmanager
     def kv_cache(self):
@@ -110,7 +126,7 @@ class LladaModel(nn.Module):
         if not torch.equal(position_ids, position_ids[:1].expand_as(position_ids)):
             raise ValueError("every row of a batch must use the same position_ids")
         decoder_input = None
-        if mask_noise is not None:
+        if mask_noise is not None and self.pre_process:  # later stages receive the noised activations
             mask_id, std, generator = mask_noise
             emb = self.gpt.embedding(input_ids=input_ids, position_ids=position_ids)  # [S, B, H]
             decoder_input = add_mask_embedding_noise(emb.transpose(0, 1), input_ids, mask_id, std, generator).transpose(0, 1)

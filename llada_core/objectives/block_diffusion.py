@@ -18,14 +18,19 @@ from llada_core import masks
 from llada_core.objectives.common import LossOutput, Noise, apply_noise, draw_noise, positions, token_nll
 
 
-def denoise_logits(model, xt: Tensor, x0: Tensor, doc_ids: Tensor, block_size: int) -> Tensor:
-    """Logits at the x_t positions, [B, L, V], for any block size (2L input unless L_B = L)."""
+def denoise_inputs(xt: Tensor, x0: Tensor, doc_ids: Tensor, block_size: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(input_ids, position_ids, allowed) of the denoiser: [x_t ; x_0] under Eq. 3, or x_t alone under
+    Eq. 4 when L_B = L. The logits of the x_t positions are the first L of the output."""
     B, L = x0.shape
-    if block_size == L:  # Eq. 2 / Eq. 4
-        return model(xt, positions(B, L, x0.device), masks.document_mask(doc_ids))
     pos = positions(B, L, x0.device)
-    logits = model(torch.cat([xt, x0], 1), torch.cat([pos, pos], 1), masks.block_diffusion_mask(doc_ids, block_size))
-    return logits[:, :L]
+    if block_size == L:
+        return xt, pos, masks.document_mask(doc_ids)
+    return torch.cat([xt, x0], 1), torch.cat([pos, pos], 1), masks.block_diffusion_mask(doc_ids, block_size)
+
+
+def denoise_logits(model, xt: Tensor, x0: Tensor, doc_ids: Tensor, block_size: int) -> Tensor:
+    """Logits at the x_t positions, [B, L, V], for any block size."""
+    return model(*denoise_inputs(xt, x0, doc_ids, block_size))[:, : x0.shape[1]]
 
 
 def weighted_masked_nll(logits: Tensor, x0: Tensor, noise: Noise) -> Tensor:
@@ -33,15 +38,21 @@ def weighted_masked_nll(logits: Tensor, x0: Tensor, noise: Noise) -> Tensor:
     return (token_nll(logits, x0) * noise.masked).sum(1) / noise.t
 
 
-def block_diffusion_loss(model, x0: Tensor, doc_ids: Tensor, block_size: int, mask_id: int,
-                         noise: Noise | None = None, generator: torch.Generator | None = None) -> LossOutput:
+def block_diffusion_from_logits(logits: Tensor, x0: Tensor, doc_ids: Tensor, block_size: int, noise: Noise) -> LossOutput:
+    """Eq. 1 from the denoiser's output (the first L positions are the x_t half)."""
+    logits = logits[:, : x0.shape[1]]
     valid = doc_ids >= 0
-    noise = noise or draw_noise(valid, generator)
-    logits = denoise_logits(model, apply_noise(x0, noise, mask_id), x0, doc_ids, block_size)
     loss = weighted_masked_nll(logits, x0, noise).sum() / valid.sum().clamp(min=1)
     metrics = {"block_size": block_size, "mask_ratio": float(noise.masked.sum() / valid.sum().clamp(min=1)),
                "tokens": int(valid.sum())}
     return LossOutput(loss, metrics, logits, noise)
+
+
+def block_diffusion_loss(model, x0: Tensor, doc_ids: Tensor, block_size: int, mask_id: int,
+                         noise: Noise | None = None, generator: torch.Generator | None = None) -> LossOutput:
+    noise = noise or draw_noise(doc_ids >= 0, generator)
+    logits = model(*denoise_inputs(apply_noise(x0, noise, mask_id), x0, doc_ids, block_size))
+    return block_diffusion_from_logits(logits, x0, doc_ids, block_size, noise)
 
 
 def mdlm_loss(model, x0: Tensor, doc_ids: Tensor, mask_id: int, noise: Noise | None = None,

@@ -13,6 +13,8 @@ model is built. Each patch names what fails without it (each was confirmed by re
      are correct under SP once their params are tagged for the TP grad all-reduce.
   6. megatron's `jit_fuser` is torch.compile: 3-30 s of inductor compilation per shape on CPU for
      no gain; dynamo is disabled in CPU processes.
+  7. pipeline schedules create a token counter with device="cuda"; tied embeddings under PP call
+     `.cuda()` before all-reducing the shared weight.
 Tested in CI against the pinned megatron-core (tests/test_megatron_cpu.py).
 """
 
@@ -164,6 +166,41 @@ def _patch_norm_sequence_parallel() -> None:
     torch_norm.WrappedTorchNorm.__new__ = new
 
 
+def _patch_pipeline() -> None:
+    import types
+
+    import megatron.core.pipeline_parallel.schedules as schedules
+    from megatron.core.models.common.language_module import language_module
+
+    real = torch
+
+    class _CpuTorch(types.ModuleType):
+        """torch for the schedules module only, with zeros(device="cuda") created on the CPU."""
+
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        @staticmethod
+        def zeros(*args, device=None, **kwargs):
+            if device is not None and str(device).startswith("cuda"):
+                device = "cpu"
+            return real.zeros(*args, device=device, **kwargs)
+
+    schedules.torch = _CpuTorch("torch")
+
+    setup = language_module.LanguageModule.setup_embeddings_and_output_layer
+
+    def setup_on_cpu(self):
+        to_cuda = torch.Tensor.cuda
+        torch.Tensor.cuda = lambda t, *a, **k: t
+        try:
+            return setup(self)
+        finally:
+            torch.Tensor.cuda = to_cuda
+
+    language_module.LanguageModule.setup_embeddings_and_output_layer = setup_on_cpu
+
+
 def apply() -> bool:
     """Bridge megatron-core to the CPU; returns True if patches were applied (False on CUDA)."""
     global _applied
@@ -177,5 +214,6 @@ def apply() -> bool:
         _patch_default_masks()
         _patch_moe()
         _patch_norm_sequence_parallel()
+        _patch_pipeline()
         _applied = True
     return True
