@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 from llada_core import storage
 from llada_core.checkpoint import load_checkpoint, save_checkpoint
 from llada_core.data.tokenizer import load_tokenizer
+from llada_core.model.config import pad_vocab
 from llada_core.model.hf_config import CheckpointError, from_hf_config, to_hf_config
 from llada_core.model.hf_io import P, hf_to_megatron, megatron_to_hf
 from llada_core.version import code_version
@@ -47,7 +48,7 @@ def import_hf(hf_dir: str | Path, out: str | Path, add_mask_token: str | None = 
     original = tok.vocab_size - len(tok.added_roles)
     if original > cfg.vocab_size:
         raise CheckpointError(f"vocab mismatch: the tokenizer has {original} tokens but config.json vocab_size={cfg.vocab_size}")
-    grown = max(cfg.vocab_size, tok.vocab_size)
+    grown = cfg.vocab_size if tok.vocab_size <= cfg.vocab_size else pad_vocab(tok.vocab_size)
     new_cfg = cfg.model_copy(update={"vocab_size": grown})
 
     handles = [safe_open(str(f), "pt") for f in _safetensors_files(hf_dir)]

@@ -106,6 +106,8 @@ def test_layout_model_checks():
         layout.check_model(num_layers=4, num_experts=3, num_heads=4, num_kv_heads=2)
     with pytest.raises(ValueError, match="num_kv_heads=1 is not divisible by tp=2"):
         layout.check_model(num_layers=4, num_experts=8, num_heads=4, num_kv_heads=1)
+    with pytest.raises(ValueError, match=r"vocab_size=289 is not divisible by tp=2 \(pad the vocabulary\)"):
+        layout.check_model(num_layers=4, num_experts=8, num_heads=4, num_kv_heads=2, vocab_size=289)
 
 
 def test_bad_yaml_and_non_mapping(tmp_path):

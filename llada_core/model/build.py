@@ -81,7 +81,7 @@ class LladaModel(nn.Module):
 
         super().__init__()
         layout = layout or ParallelLayout()
-        layout.check_model(cfg.num_layers, cfg.num_experts, cfg.num_heads, cfg.num_kv_heads)
+        layout.check_model(cfg.num_layers, cfg.num_experts, cfg.num_heads, cfg.num_kv_heads, cfg.vocab_size)
         self.cfg, self.layout = cfg, layout
         self.pre_process = parallel_state.is_pipeline_first_stage(ignore_virtual=True)
         self.post_process = parallel_state.is_pipeline_last_stage(ignore_virtual=True)

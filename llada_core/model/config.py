@@ -99,6 +99,12 @@ class ModelConfig(StrictModel):
         return self._params(self.moe_topk)
 
 
+def pad_vocab(size: int, multiple: int = 128) -> int:
+    """Embedding rows for a tokenizer of `size` tokens: a multiple of 128 (megatron's default), so the
+    vocabulary splits evenly over any power-of-two TP size up to 128 and matmuls stay aligned."""
+    return -(-size // multiple) * multiple
+
+
 def preset_path(name: str) -> Path:
     path = PRESETS_DIR / f"{name}.yaml"
     if not path.exists():

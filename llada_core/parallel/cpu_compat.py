@@ -15,6 +15,8 @@ model is built. Each patch names what fails without it (each was confirmed by re
      no gain; dynamo is disabled in CPU processes.
   7. pipeline schedules create a token counter with device="cuda"; tied embeddings under PP call
      `.cuda()` before all-reducing the shared weight.
+  8. FP32Optimizer puts its (unused) loss scale on 'cuda'. Its grad-norm / clipping code asserts CUDA
+     tensors too: the trainer computes the norm and clips itself (llada_core.trainer.optim).
 Tested in CI against the pinned megatron-core (tests/test_megatron_cpu.py).
 """
 
@@ -201,6 +203,17 @@ def _patch_pipeline() -> None:
     language_module.LanguageModule.setup_embeddings_and_output_layer = setup_on_cpu
 
 
+def _patch_optimizer() -> None:
+    from megatron.core.optimizer.optimizer import FP32Optimizer, MegatronOptimizer
+
+    def init(self, optimizer, config, init_state_fn):
+        MegatronOptimizer.__init__(self, optimizer, config, init_state_fn)
+        self._scale = torch.tensor([1.0])
+        self.is_stub_optimizer = optimizer is None
+
+    FP32Optimizer.__init__ = init
+
+
 def apply() -> bool:
     """Bridge megatron-core to the CPU; returns True if patches were applied (False on CUDA)."""
     global _applied
@@ -215,5 +228,6 @@ def apply() -> bool:
         _patch_moe()
         _patch_norm_sequence_parallel()
         _patch_pipeline()
+        _patch_optimizer()
         _applied = True
     return True

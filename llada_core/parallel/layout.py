@@ -52,8 +52,11 @@ class ParallelLayout(StrictModel):
     def use_sequence_parallel(self) -> bool:
         return self.tp > 1 if self.sequence_parallel is None else self.sequence_parallel
 
-    def check_model(self, num_layers: int, num_experts: int, num_heads: int, num_kv_heads: int) -> None:
+    def check_model(self, num_layers: int, num_experts: int, num_heads: int, num_kv_heads: int,
+                    vocab_size: int | None = None) -> None:
         """Checks that need the model shape; raises ValueError naming the value."""
+        if vocab_size is not None and vocab_size % self.tp:
+            raise ValueError(f"vocab_size={vocab_size} is not divisible by tp={self.tp} (pad the vocabulary)")
         if num_layers % self.pp:
             raise ValueError(f"num_layers={num_layers} is not divisible by pp={self.pp}")
         if num_experts and num_experts % self.ep:

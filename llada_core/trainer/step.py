@@ -1,8 +1,8 @@
 """Rows of a micro-batch -> the stage objective's loss. No parallel bookkeeping here.
 
-Noise (t, masks) is drawn from a generator seeded by (seed, step, micro-batch, DP rank): a resumed
-run redraws exactly the masks an uninterrupted run would, and the TP / PP ranks that share a
-micro-batch draw the same ones.
+Each row's noise (t and its mask) is drawn from a generator seeded by (seed, the row's global sample
+position): the same sample gets the same mask whatever the parallel layout or micro-batch split,
+and a resumed run redraws exactly the masks an uninterrupted run would.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 from llada_core.objectives.ar import ar_loss
 from llada_core.objectives.block_diffusion import block_diffusion_loss
 from llada_core.objectives.cap import cap_loss
-from llada_core.objectives.common import LossOutput
+from llada_core.objectives.common import EPS, LossOutput, Noise, draw_noise
 from llada_core.objectives.dpo import dpo_loss
 from llada_core.objectives.sft import pad_examples, sft_loss
 from llada_core.trainer.config import StageConfig
@@ -32,9 +32,15 @@ class TokenIds:
         return cls(mask=special["mask"]["id"], pad=special["pad"]["id"])
 
 
-def noise_generator(seed: int, step: int, micro: int, dp_rank: int) -> torch.Generator:
-    digest = hashlib.sha256(f"{seed}:{step}:{micro}:{dp_rank}".encode()).digest()
+def sample_generator(seed: int, position: int) -> torch.Generator:
+    digest = hashlib.sha256(f"{seed}:{position}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:7], "big"))
+
+
+def row_noise(eligible: torch.Tensor, generators: list[torch.Generator], t_min: float = EPS, t_max: float = 1.0) -> Noise:
+    """draw_noise, one row at a time, each from its own sample's generator."""
+    rows = [draw_noise(eligible[i : i + 1], g, t_min, t_max) for i, g in enumerate(generators)]
+    return Noise(torch.cat([r.t for r in rows]), torch.cat([r.masked for r in rows]))
 
 
 def block_size_at(cfg: StageConfig, tokens: int, seq_len: int) -> int:
@@ -43,9 +49,10 @@ def block_size_at(cfg: StageConfig, tokens: int, seq_len: int) -> int:
     return min(cfg.objective_cfg.block_size, seq_len)
 
 
-def micro_batch_loss(model, reference, cfg: StageConfig, rows: list[dict], ids: TokenIds, step: int,
-                     tokens_seen: int, generator: torch.Generator) -> LossOutput:
+def micro_batch_loss(model, reference, cfg: StageConfig, rows: list[dict], positions: list[int], ids: TokenIds,
+                     step: int, tokens_seen: int) -> LossOutput:
     obj = cfg.objective_cfg
+    gens = [sample_generator(cfg.seed, p) for p in positions]
     if cfg.objective in ("ar", "cpt"):
         x0 = torch.tensor([r["input_ids"] for r in rows], dtype=torch.long)
         doc = torch.tensor([r["doc_ids"] for r in rows], dtype=torch.long)
@@ -53,17 +60,20 @@ def micro_batch_loss(model, reference, cfg: StageConfig, rows: list[dict], ids: 
             return ar_loss(model, x0, doc)
         denoiser = model
         if obj.mask_noise_std and step < obj.mask_noise_steps:
+            embed_gen = sample_generator(cfg.seed + 1, positions[0])
+
             def denoiser(i, p, a):
-                return model(i, p, a, mask_noise=(ids.mask, obj.mask_noise_std, generator))
+                return model(i, p, a, mask_noise=(ids.mask, obj.mask_noise_std, embed_gen))
         block = block_size_at(cfg, tokens_seen, x0.shape[1])
-        return block_diffusion_loss(denoiser, x0, doc, block, ids.mask, generator=generator)
+        return block_diffusion_loss(denoiser, x0, doc, block, ids.mask, noise=row_noise(doc >= 0, gens))
     if cfg.objective in ("sft", "cap"):
         batch = pad_examples([(r["input_ids"], r["prompt_len"]) for r in rows], obj.block_size, ids.pad)
-        kw = dict(alpha_min=obj.alpha_min, alpha_max=obj.alpha_max,
-                  complementary_masking=obj.complementary_masking, generator=generator)
+        kw = dict(complementary_masking=obj.complementary_masking,
+                  noise=row_noise(batch.response, gens, obj.alpha_min, obj.alpha_max))
         if cfg.objective == "sft":
             return sft_loss(model, batch, obj.block_size, ids.mask, **kw)
         return cap_loss(model, batch, obj.block_size, ids.mask, lam=obj.cap_lambda, **kw)
     chosen = pad_examples([(r["chosen_ids"], r["prompt_len"]) for r in rows], obj.block_size, ids.pad)
     rejected = pad_examples([(r["rejected_ids"], r["prompt_len"]) for r in rows], obj.block_size, ids.pad)
-    return dpo_loss(model, reference, chosen, rejected, obj.block_size, ids.mask, beta=obj.dpo_beta, generator=generator)
+    noise = (row_noise(chosen.response, gens), row_noise(rejected.response, gens))
+    return dpo_loss(model, reference, chosen, rejected, obj.block_size, ids.mask, beta=obj.dpo_beta, noise=noise)

@@ -1,0 +1,207 @@
+"""The one trainer every stage runs, inside each worker of a group (Ray Train, torchrun or spawn).
+
+A stage declares objective, data, schedule and layout (StageConfig); this runs it: megatron
+parallel state, model (fresh or from a consolidated checkpoint, resharded to this rank), DDP +
+Adam, gradient accumulation, clipping, the WSD / stage lr, per-step metrics, and checkpoints.
+
+Checkpoints are megatron dist-checkpoints (reshard on load: TP=2 -> TP=1, EP=2 -> EP=1) of the model,
+the Adam moments and `trainer_state.json` (step, samples consumed: the loader position). They are
+written into a temp dir and renamed after all ranks finished (a torn write is never picked up).
+Training noise is a function of (seed, step, micro-batch, DP rank), so a resumed run repeats
+exactly the computation of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from megatron.core import dist_checkpointing
+from megatron.core import parallel_state as ps
+from megatron.core.distributed import finalize_model_grads
+
+from llada_core.checkpoint import load_checkpoint, save_checkpoint
+from llada_core.data.tokenizer import load_tokenizer
+from llada_core.model.build import LladaModel
+from llada_core.model.config import load_preset, pad_vocab
+from llada_core.model.hf_io import expected_shapes
+from llada_core.parallel.reshard import current_coords, shard_state, unshard_state
+from llada_core.parallel.setup import init_parallel
+from llada_core.trainer import optim
+from llada_core.trainer.config import StageConfig
+from llada_core.trainer.data import BatchPlan, RowStream
+from llada_core.trainer.step import TokenIds, block_size_at, micro_batch_loss
+
+STATE_FILE = "trainer_state.json"
+
+
+def _load_consolidated(model: LladaModel, path: str) -> None:
+    cfg, full, _, _ = load_checkpoint(path)
+    if cfg != model.cfg:
+        raise ValueError(f"{path}: its model config differs from the stage's model")
+    result = model.load_state_dict(shard_state(full, cfg, current_coords()), strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith("_extra_state")]
+    if missing or result.unexpected_keys:
+        raise ValueError(f"{path}: shard mismatch: missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}")
+
+
+class Trainer:
+    def __init__(self, cfg: StageConfig):
+        if cfg.layout.pp > 1:
+            raise NotImplementedError("the trainer does not schedule pipeline stages yet (pp must be 1)")
+        self.cfg = cfg
+        init_parallel(cfg.layout, seed=cfg.seed)
+        self.stream = RowStream(cfg.data, cfg.split, seed=cfg.seed)
+        self.ids = TokenIds.from_manifest(self.stream.manifest)
+        if cfg.init_checkpoint:
+            model_cfg, _, tok, _ = load_checkpoint(cfg.init_checkpoint)
+            if tok.digest != self.stream.manifest["tokenizer"]["digest"]:
+                raise ValueError(f"{cfg.init_checkpoint}: its tokenizer differs from the dataset's ({cfg.data})")
+        else:
+            vocab = pad_vocab(self.stream.manifest["tokenizer"]["vocab_size"])
+            model_cfg = load_preset(cfg.model, [f"vocab_size={vocab}", *cfg.model_overrides])
+        self.model = LladaModel(model_cfg, cfg.layout)
+        if cfg.init_checkpoint:
+            _load_consolidated(self.model, cfg.init_checkpoint)
+        self.reference = None
+        if cfg.reference_checkpoint:
+            self.reference = LladaModel(model_cfg, cfg.layout).eval().requires_grad_(False)
+            _load_consolidated(self.reference, cfg.reference_checkpoint)
+        self.ddp, self.opt = optim.build_ddp_and_optimizer(self.model, cfg.optim)
+        self.dp_rank = ps.get_data_parallel_rank()
+        self.plan = BatchPlan(cfg.micro_batch, cfg.grad_accum, ps.get_data_parallel_world_size())
+        self.seq_len = int(self.stream.manifest.get("seq_len", 0))
+        self.step = 0
+
+    # -- one optimizer step -------------------------------------------------------------------
+    def _lr(self, tokens: int) -> float:
+        if self.cfg.schedule is not None:
+            return self.cfg.schedule.build().lr_at(self.cfg.schedule_offset_tokens + tokens)
+        return optim.lr_at(self.cfg.optim, self.step, self.cfg.steps)
+
+    def tokens_seen(self, step: int) -> int:
+        return step * self.plan.global_batch * max(self.seq_len, 1)
+
+    def train_step(self) -> dict:
+        t0 = time.perf_counter()
+        self.model.train()
+        self.ddp.zero_grad_buffer()
+        self.opt.zero_grad()
+        tokens = self.tokens_seen(self.step)
+        losses, extra = [], {}
+        for micro in range(self.plan.grad_accum):
+            positions = self.stream.micro_batch_positions(self.plan, self.step, micro, self.dp_rank)
+            out = micro_batch_loss(self.model, self.reference, self.cfg, self.stream.rows_at(positions), positions,
+                                   self.ids, self.step, tokens)
+            (out.loss / self.plan.grad_accum).backward()
+            losses.append(out.loss.detach())
+            extra = out.metrics
+        balance = self._router_balance()
+        finalize_model_grads([self.ddp])
+        norm = optim.global_grad_norm(self.ddp)
+        optim.clip_grads_(self.ddp, self.cfg.optim.grad_clip, norm)
+        lr = self._lr(tokens)
+        optim.set_lr(self.opt, lr)
+        self.opt.prepare_grads()
+        self.opt.step_with_ready_grads()
+        loss = torch.stack(losses).mean().reshape(1)
+        dist.all_reduce(loss, group=ps.get_data_parallel_group())
+        self.step += 1
+        elapsed = time.perf_counter() - t0
+        step_tokens = self.plan.global_batch * max(self.seq_len, 1)
+        metrics = {"loss": loss.item() / self.plan.dp_size, "grad_norm": norm, "lr": lr, "step_time": elapsed,
+                   "tokens_per_s": step_tokens / elapsed, "samples": self.step * self.plan.global_batch,
+                   "router_load_max_over_mean": balance}
+        if self.cfg.objective == "cpt":
+            metrics["block_size"] = block_size_at(self.cfg, tokens, self.seq_len)
+        metrics |= {k: v for k, v in extra.items() if isinstance(v, int | float) and k not in metrics}
+        return metrics
+
+    def _router_balance(self) -> float:
+        """max / mean tokens per expert over this rank's MoE layers in this step (1.0 = balanced)."""
+        worst = 1.0
+        for module in self.model.gpt.modules():
+            counts = getattr(module, "local_tokens_per_expert", None)
+            if counts is not None and counts.sum() > 0:
+                worst = max(worst, float(counts.max() / counts.float().mean()))
+        return worst
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def _sharded(self, is_loading: bool) -> dict:
+        msd = self.model.gpt.sharded_state_dict()
+        return {"model": msd, "optimizer": optim.optimizer_sharded_state(self.opt, msd, is_loading)}
+
+    def save(self, directory: str | Path) -> Path:
+        final = Path(directory)
+        tag = [uuid.uuid4().hex[:8] if dist.get_rank() == 0 else None]
+        dist.broadcast_object_list(tag, src=0)
+        tmp = final.with_name(f".{final.name}.tmp-{tag[0]}")
+        if dist.get_rank() == 0:
+            tmp.mkdir(parents=True)
+        dist.barrier()
+        dist_checkpointing.save(self._sharded(is_loading=False), str(tmp))
+        dist.barrier()
+        if dist.get_rank() == 0:
+            state = {"step": self.step, "samples": self.step * self.plan.global_batch, "stage": self.cfg.name}
+            (tmp / STATE_FILE).write_text(json.dumps(state))
+            if final.exists():
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+        dist.barrier()
+        return final
+
+    def load(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        state = json.loads((directory / STATE_FILE).read_text())
+        sharded = self._sharded(is_loading=True)
+        loaded = dist_checkpointing.load(sharded, str(directory))
+        self.model.gpt.load_state_dict(loaded["model"], strict=True)
+        optim.restore_optimizer_step(self.opt, loaded["optimizer"]["step"])
+        self.step = int(state["step"])
+
+    def save_consolidated(self, out: str | Path, tokenizer_dir: str | Path) -> None:
+        """Gather every rank's shard and write one consolidated checkpoint (for the next stage / HF
+        export). Gathers through rank 0's memory: meant for models that fit one host."""
+        local = {k: v.detach().cpu() for k, v in self.model.state_dict().items() if not k.endswith("_extra_state")}
+        gathered = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, (current_coords(), local))
+        if dist.get_rank() == 0:
+            full = unshard_state(dict(gathered), self.model.cfg, list(expected_shapes(self.model.cfg)))
+            save_checkpoint(out, self.model.cfg, full.items(), load_tokenizer(tokenizer_dir),
+                            {"stage": self.cfg.name, "step": self.step})
+        dist.barrier()
+
+    # -- the stage -----------------------------------------------------------------------------
+    def run(self, checkpoint_root: str | Path, on_metrics: Callable[[int, dict], None] | None = None,
+            on_checkpoint: Callable[[Path], None] | None = None) -> list[dict]:
+        history = []
+        while self.step < self.cfg.steps:
+            metrics = self.train_step()
+            history.append(metrics)
+            if on_metrics:
+                on_metrics(self.step, metrics)
+            if self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.steps:
+                path = self.save(Path(checkpoint_root) / f"step-{self.step:07d}")
+                self._prune(Path(checkpoint_root))
+                if on_checkpoint:
+                    on_checkpoint(path)
+        return history
+
+    def _prune(self, root: Path) -> None:
+        if dist.get_rank() == 0:
+            for old in sorted(root.glob("step-*"))[: -self.cfg.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        dist.barrier()
+
+
+def latest_checkpoint(root: str | Path) -> Path | None:
+    """The newest complete checkpoint under root (temp dirs are hidden and never match)."""
+    done = sorted(p for p in Path(root).glob("step-*") if (p / STATE_FILE).is_file())
+    return done[-1] if done else None

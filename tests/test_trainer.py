@@ -1,0 +1,83 @@
+"""The shared trainer: exact resume, and TP / EP / DP layouts against the 1-rank run (spawned gloo
+worker groups), checkpoint resharding TP=2 -> TP=1 and EP=2 -> EP=1."""
+
+import json
+import socket
+
+import pytest
+import torch.multiprocessing as mp
+from trainer_fixtures import make_dataset, run_worker, stage_dict
+
+pytestmark = pytest.mark.slow  # multi-process worker groups
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn(world, stage, out, mode="run"):
+    mp.spawn(run_worker, args=(world, free_port(), stage, str(out), mode), nprocs=world, join=True)
+    return json.loads((out / f"history-{mode}.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_dataset(str(tmp_path_factory.mktemp("data")))
+
+
+@pytest.fixture(scope="module")
+def init_ckpt(tmp_path_factory, data):
+    """Identical starting weights for every layout (TP=2 initialises differently from TP=1)."""
+    from llada_core.checkpoint import save_checkpoint
+    from llada_core.data.tokenizer import load_tokenizer
+    from llada_core.model.build import LladaModel
+    from llada_core.model.config import load_preset, pad_vocab
+    from llada_core.parallel.setup import init_single_process
+
+    init_single_process(seed=11)
+    tok = load_tokenizer(f"{data}/tokenizer")
+    cfg = load_preset("tiny", [f"vocab_size={pad_vocab(tok.vocab_size)}", "max_position=128"])
+    state = {k: v for k, v in LladaModel(cfg).state_dict().items() if not k.endswith("_extra_state")}
+    return str(save_checkpoint(tmp_path_factory.mktemp("init") / "ckpt", cfg, state.items(), tok, {}))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, data, init_ckpt):
+    out = tmp_path_factory.mktemp("ref")
+    stage = stage_dict(data, init_checkpoint=init_ckpt, model_overrides=["max_position=128"], steps=3)
+    return stage, spawn(1, stage, out, mode="save"), out
+
+
+@pytest.mark.parametrize("layout, micro_batch", [
+    ({"world_size": 2}, 2),  # DP=2: half the micro-batch per rank, same global batch
+    ({"world_size": 2, "tp": 2}, 4),
+    ({"world_size": 2, "ep": 2}, 2),  # EP=2 on 2 ranks is also DP=2 for the dense parts
+])
+def test_layouts_match_one_rank_for_three_steps(reference, tmp_path, layout, micro_batch):
+    stage, ref, _ = reference
+    got = spawn(2, stage | {"layout": layout, "micro_batch": micro_batch}, tmp_path)
+    for step, (a, b) in enumerate(zip(ref, got, strict=True)):
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-5), (step, layout)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4), (step, layout)
+
+
+def test_resume_gives_the_same_losses(reference, tmp_path):
+    stage, ref, ref_dir = reference
+    # train 2 steps, checkpoint, then a new process resumes to step 3
+    first = spawn(1, stage | {"steps": 2}, tmp_path, mode="save")
+    (tmp_path / "ckpt-out").rename(tmp_path / "ckpt-in")
+    resumed = spawn(1, stage, tmp_path, mode="resume")
+    assert [h["loss"] for h in first] == pytest.approx([h["loss"] for h in ref[:2]], abs=1e-7)
+    assert len(resumed) == 1 and resumed[0]["samples"] == ref[2]["samples"]
+    assert resumed[0]["loss"] == pytest.approx(ref[2]["loss"], abs=1e-6)
+
+
+@pytest.mark.parametrize("layout, micro_batch", [({"world_size": 2, "tp": 2}, 4), ({"world_size": 2, "ep": 2}, 2)])
+def test_checkpoint_saved_under_a_layout_resumes_under_one_rank(reference, tmp_path, layout, micro_batch):
+    stage, ref, _ = reference
+    spawn(2, stage | {"steps": 2, "layout": layout, "micro_batch": micro_batch}, tmp_path, mode="save")
+    (tmp_path / "ckpt-out").rename(tmp_path / "ckpt-in")
+    resumed = spawn(1, stage, tmp_path, mode="resume")
+    assert resumed[0]["loss"] == pytest.approx(ref[2]["loss"], abs=1e-5)

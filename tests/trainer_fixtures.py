@@ -1,0 +1,61 @@
+"""Shared by the trainer tests and their spawned workers (must be importable in a fresh process)."""
+
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+
+from llada_core.data.shards import DatasetWriter
+from llada_core.data.tokenizer import train_bpe
+
+SEQ = 32
+
+
+def make_dataset(root: str, rows: int = 96) -> str:
+    tok = train_bpe(iter(["packed rows for the trainer test " * 4] * 10), 300)
+    schema = pa.schema([("input_ids", pa.list_(pa.int32())), ("doc_ids", pa.list_(pa.int32()))])
+    w = DatasetWriter(os.path.join(root, "ds"), schema, rows_per_shard=32)
+    w.open()
+    rng = np.random.default_rng(0)
+    for _ in range(rows):
+        cut = int(rng.integers(4, SEQ - 4))
+        w.add("train", input_ids=rng.integers(8, tok.vocab_size, SEQ).astype(np.int32),
+              doc_ids=np.array([0] * cut + [1] * (SEQ - cut), np.int32))
+    for name, data in tok.files().items():
+        w.write_file(f"tokenizer/{name}", data)
+    special = {r: {"token": tok.special[r], "id": tok.id_of(r)} for r in tok.special}
+    w.commit({"kind": "pretrain", "seq_len": SEQ, "tokenizer": {"digest": tok.digest, "vocab_size": tok.vocab_size,
+                                                                  "special_tokens": special}})
+    return os.path.join(root, "ds")
+
+
+def stage_dict(data: str, **over) -> dict:
+    base = {"name": "cpt-test", "objective": "cpt", "data": data, "micro_batch": 4, "grad_accum": 2, "steps": 3,
+            "objective_cfg": {"block_size": 8}, "optim": {"lr": 1e-3, "warmup_steps": 0, "decay": "constant",
+                                                          "grad_clip": 0.5}, "checkpoint_every": 100}
+    return json.loads(json.dumps(base | over))
+
+
+def run_worker(rank: int, world: int, port: int, stage: dict, out: str, mode: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    from llada_core.trainer.config import StageConfig
+    from llada_core.trainer.loop import Trainer
+
+    trainer = Trainer(StageConfig.model_validate(stage))
+    if mode == "resume":
+        trainer.load(os.path.join(out, "ckpt-in"))
+    history = trainer.run(os.path.join(out, f"ckpt-{world}-{rank}"))
+    if mode == "save":
+        trainer.save(os.path.join(out, "ckpt-out"))
+    if rank == 0:
+        with open(os.path.join(out, f"history-{mode}.json"), "w") as fh:
+            json.dump(history, fh)
+    dist.barrier()
+    dist.destroy_process_group()
