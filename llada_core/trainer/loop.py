@@ -138,7 +138,17 @@ class Trainer:
         msd = self.model.gpt.sharded_state_dict()
         return {"model": msd, "optimizer": optim.optimizer_sharded_state(self.opt, msd, is_loading)}
 
+    def save_shards(self, directory: str | Path) -> None:
+        """Write this rank's part of a checkpoint into `directory` (which may differ per rank, as with
+        Ray Train, which merges the workers' files); rank 0 adds the metadata and trainer state."""
+        dist_checkpointing.save(self._sharded(is_loading=False), str(directory))
+        if dist.get_rank() == 0:
+            state = {"step": self.step, "samples": self.step * self.plan.global_batch, "stage": self.cfg.name}
+            (Path(directory) / STATE_FILE).write_text(json.dumps(state))
+        dist.barrier()
+
     def save(self, directory: str | Path) -> Path:
+        """Checkpoint into a directory shared by all ranks, atomically (temp dir + rename)."""
         final = Path(directory)
         tag = [uuid.uuid4().hex[:8] if dist.get_rank() == 0 else None]
         dist.broadcast_object_list(tag, src=0)
@@ -146,11 +156,8 @@ class Trainer:
         if dist.get_rank() == 0:
             tmp.mkdir(parents=True)
         dist.barrier()
-        dist_checkpointing.save(self._sharded(is_loading=False), str(tmp))
-        dist.barrier()
+        self.save_shards(tmp)
         if dist.get_rank() == 0:
-            state = {"step": self.step, "samples": self.step * self.plan.global_batch, "stage": self.cfg.name}
-            (tmp / STATE_FILE).write_text(json.dumps(state))
             if final.exists():
                 shutil.rmtree(final)
             os.rename(tmp, final)

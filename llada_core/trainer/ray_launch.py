@@ -1,0 +1,66 @@
+"""Run a stage as a Ray Train worker group (Ray Train V2): one TorchTrainer, world size = layout.
+
+Checkpoints: every worker writes its dist-checkpoint shard files into its own local temp dir and
+reports it; Ray merges the files of all workers into one checkpoint under `storage_path/name`
+(local or s3://, through pyarrow) and registers it only once every worker reported, so a torn write
+is never picked up. After a worker failure (`FailureConfig(max_failures)`), Ray restarts the group
+and `ray.train.get_checkpoint()` hands back the latest REGISTERED checkpoint, which may be older
+than the newest one written: the loop simply redoes those steps (they are deterministic).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import ray
+import ray.train
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from llada_core.cluster import ensure_ray
+from llada_core.config import canonical_json
+from llada_core.trainer.config import StageConfig
+
+
+def _worker_loop(config: dict) -> None:
+    from llada_core.trainer.loop import Trainer
+
+    cfg = StageConfig.model_validate_json(config["stage"])
+    trainer = Trainer(cfg)  # Ray Train already created the (gloo / nccl) process group
+    restored = ray.train.get_checkpoint()
+    if restored:
+        with restored.as_directory() as directory:
+            trainer.load(directory)
+    fault = config.get("fault")
+    rank = ray.train.get_context().get_world_rank()
+    while trainer.step < cfg.steps:
+        metrics = trainer.train_step()
+        if fault and rank == fault["rank"] and trainer.step == fault["step"] and not os.path.exists(fault["marker"]):
+            open(fault["marker"], "w").close()  # fail once: the restarted group must get past this step
+            os._exit(1)
+        checkpoint = None
+        if trainer.step % cfg.checkpoint_every == 0 or trainer.step == cfg.steps:
+            local = tempfile.mkdtemp(prefix=f"llada-ckpt-{rank}-")
+            trainer.save_shards(local)
+            checkpoint = ray.train.Checkpoint.from_directory(local)
+        ray.train.report(metrics | {"step": trainer.step}, checkpoint=checkpoint)
+
+
+def run_stage(cfg: StageConfig, storage_path: str, max_failures: int = 0, use_gpu: bool = False,
+              cpus_per_worker: float = 1.0, fault: dict | None = None) -> ray.train.Result:
+    """Run (or resume: same name + storage_path) a stage on the connected Ray cluster.
+    `fault` = {"rank", "step", "marker"} kills that worker once at that step (chaos testing)."""
+    ensure_ray()
+    trainer = TorchTrainer(
+        _worker_loop,
+        train_loop_config={"stage": canonical_json(cfg), "fault": fault},
+        scaling_config=ScalingConfig(num_workers=cfg.layout.world_size, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": cpus_per_worker}),
+        run_config=RunConfig(
+            name=cfg.name, storage_path=storage_path,
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+        ),
+    )
+    return trainer.fit()
