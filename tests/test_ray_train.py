@@ -42,3 +42,22 @@ def test_worker_killed_mid_run_finishes_via_failure_config(ray_local, tmp_path):
         state = json.loads(open(os.path.join(d, "trainer_state.json")).read())
         assert state["step"] == 4 and state["samples"] == 4 * 8
         assert any(name.endswith(".distcp") for name in os.listdir(d))
+
+
+@pytest.mark.parametrize("layout, overrides, message", [
+    ({"world_size": 4, "pp": 4}, ["num_layers=6"], "num_layers=6 is not divisible by pp=4"),
+    ({"world_size": 2, "ep": 2}, ["num_experts=15", "router_num_groups=null", "router_group_topk=null"],
+     "num_experts=15 is not divisible by ep=2"),
+    ({"world_size": 4, "tp": 4}, ["num_kv_heads=2"], "num_kv_heads=2 is not divisible by tp=4"),
+])
+def test_bad_layout_fails_before_any_worker_starts(tmp_path, monkeypatch, layout, overrides, message):
+    import ray
+
+    from llada_core.trainer import ray_launch
+
+    monkeypatch.setattr(ray_launch, "TorchTrainer", lambda *a, **k: pytest.fail("a worker group was created"))
+    stage = StageConfig.model_validate(stage_dict(make_dataset(str(tmp_path)), layout=layout, model_overrides=overrides))
+    started = ray.is_initialized()
+    with pytest.raises(ValueError, match=message):
+        ray_launch.run_stage(stage, str(tmp_path / "runs"))
+    assert ray.is_initialized() == started  # failed before even connecting to Ray

@@ -47,10 +47,28 @@ def _worker_loop(config: dict) -> None:
         ray.train.report(metrics | {"step": trainer.step}, checkpoint=checkpoint)
 
 
+def preflight(cfg: StageConfig) -> None:
+    """Everything about the layout that can fail, checked on the driver before any worker starts."""
+    from llada_core.checkpoint import load_checkpoint
+    from llada_core.data.shards import read_manifest
+    from llada_core.model.config import load_preset, pad_vocab
+
+    if cfg.init_checkpoint:
+        model_cfg = load_checkpoint(cfg.init_checkpoint)[0]
+    else:
+        vocab = pad_vocab(read_manifest(cfg.data)["tokenizer"]["vocab_size"])
+        model_cfg = load_preset(cfg.model, [f"vocab_size={vocab}", *cfg.model_overrides])
+    cfg.layout.check_model(model_cfg.num_layers, model_cfg.num_experts, model_cfg.num_heads,
+                           model_cfg.num_kv_heads, model_cfg.vocab_size)
+    if cfg.layout.pp > 1:
+        raise ValueError(f"layout.pp={cfg.layout.pp}: the trainer does not schedule pipeline stages yet")
+
+
 def run_stage(cfg: StageConfig, storage_path: str, max_failures: int = 0, use_gpu: bool = False,
               cpus_per_worker: float = 1.0, fault: dict | None = None) -> ray.train.Result:
     """Run (or resume: same name + storage_path) a stage on the connected Ray cluster.
     `fault` = {"rank", "step", "marker"} kills that worker once at that step (chaos testing)."""
+    preflight(cfg)
     ensure_ray()
     trainer = TorchTrainer(
         _worker_loop,
