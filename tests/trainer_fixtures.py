@@ -59,3 +59,26 @@ def run_worker(rank: int, world: int, port: int, stage: dict, out: str, mode: st
             json.dump(history, fh)
     dist.barrier()
     dist.destroy_process_group()
+
+
+def make_instruct_dataset(root: str, kind: str, pretrain: str, n: int = 24) -> str:
+    """SFT or DPO rows built with the chat template and the pretraining dataset's tokenizer."""
+    from llada_core.data.chat import encode_example, encode_prompt, encode_response
+    from llada_core.data.tokenizer import load_tokenizer
+    from tasks.prepare_instruct import schema_of
+
+    tok = load_tokenizer(os.path.join(pretrain, "tokenizer"))
+    w = DatasetWriter(os.path.join(root, kind), schema_of(kind), rows_per_shard=16)
+    w.open()
+    for i in range(n):
+        prompt, answer = f"Add: {i}+{i}=", str(2 * i)
+        if kind == "sft":
+            ids, plen = encode_example(tok, [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}])
+            w.add("train", input_ids=ids, prompt_len=plen)
+        else:
+            p = encode_prompt(tok, [{"role": "user", "content": prompt}])
+            w.add("train", chosen_ids=p + encode_response(tok, answer), rejected_ids=p + encode_response(tok, answer + "1"),
+                  prompt_len=len(p))
+    special = {r: {"token": tok.special[r], "id": tok.id_of(r)} for r in tok.special}
+    w.commit({"kind": kind, "tokenizer": {"digest": tok.digest, "vocab_size": tok.vocab_size, "special_tokens": special}})
+    return os.path.join(root, kind)
