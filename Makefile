@@ -33,6 +33,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/data_throughput.py
+	$(BIN)/python bench/attention_step.py
 
 clean:
 	rm -rf $(WORK) .pytest_cache

@@ -25,6 +25,7 @@ __all__ = [
     "apply_overrides",
     "canonical_json",
     "config_digest",
+    "named_yaml",
 ]
 
 
@@ -130,6 +131,15 @@ def load_config(
         return model.model_validate(tree)
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(exc, source)) from None
+
+
+def named_yaml(directory: Path, name: str, what: str) -> Path:
+    """`directory/NAME.yaml` of a family of named configs (recipes, presets); the error lists them."""
+    path = directory / f"{name}.yaml"
+    if not path.exists():
+        known = ", ".join(sorted(p.stem for p in directory.glob("*.yaml")))
+        raise ConfigError(f"unknown {what} {name!r} (known: {known})")
+    return path
 
 
 def canonical_json(cfg: BaseModel) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pydantic import Field, model_validator
 
-from llada_core.config import ConfigError, StrictModel, load_config
+from llada_core.config import StrictModel, load_config, named_yaml
 from llada_core.parallel.layout import ParallelLayout
 from llada_core.schedule import WSDConfig
 
@@ -59,11 +59,7 @@ def recipe_path(name_or_path: str) -> Path:
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         return path
-    candidate = RECIPES_DIR / f"{name_or_path}.yaml"
-    if not candidate.exists():
-        known = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
-        raise ConfigError(f"unknown recipe {name_or_path!r} (known: {known}; or give a .yaml path)")
-    return candidate
+    return named_yaml(RECIPES_DIR, name_or_path, "recipe")
 
 
 def load_recipe(name_or_path: str, overrides: list[str] = ()) -> RecipeConfig:

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from llada_core.config import StrictModel, load_config
+from llada_core.config import StrictModel, load_config, named_yaml
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 
@@ -105,13 +105,5 @@ def pad_vocab(size: int, multiple: int = 128) -> int:
     return -(-size // multiple) * multiple
 
 
-def preset_path(name: str) -> Path:
-    path = PRESETS_DIR / f"{name}.yaml"
-    if not path.exists():
-        known = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.yaml")))
-        raise ValueError(f"unknown model preset {name!r} (known: {known})")
-    return path
-
-
 def load_preset(name: str, overrides: list[str] = ()) -> ModelConfig:
-    return load_config(ModelConfig, preset_path(name), overrides=overrides)
+    return load_config(ModelConfig, named_yaml(PRESETS_DIR, name, "model preset"), overrides=overrides)
