@@ -6,7 +6,6 @@ Contract: DST/manifest.json + DST/{train,val}/part-NNNNN.parquet with `input_ids
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Literal
 
@@ -14,25 +13,24 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, field_validator, model_validator
 
-from llada_core import storage
 from llada_core.cluster import ensure_ray
 from llada_core.config import StrictModel
 from llada_core.data.manifest import common_fields
 from llada_core.data.packing import PAD_DOC, RowPacker
 from llada_core.data.ray_pipeline import flat_lists, stream_encoded
 from llada_core.data.shards import DatasetWriter
-from llada_core.data.sources import STDLIB, DataError, SourceFile, check_columns, iter_records, list_sources
+from llada_core.data.sources import (
+    DataError,
+    SourceFile,
+    check_columns,
+    check_input_exists,
+    iter_records,
+    list_sources,
+)
 from llada_core.data.tokenizer import LladaTokenizer, load_tokenizer, train_bpe
 
 SPLITS = ("train", "val")
 PACKED_SCHEMA = pa.schema([("input_ids", pa.list_(pa.int32())), ("doc_ids", pa.list_(pa.int32()))])
-
-
-def _check_local_input(value: str | None) -> str | None:
-    if value and value != STDLIB and not storage.is_s3(value) and not any(c in value for c in "*?["):
-        if not os.path.exists(os.path.expanduser(value)):
-            raise ValueError(f"path does not exist: {value}")
-    return value
 
 
 class TokenizerSpec(StrictModel):
@@ -42,7 +40,7 @@ class TokenizerSpec(StrictModel):
     add_mask_token: str | None = None  # token to add when a loaded tokenizer has no mask token
     train_max_bytes: int = Field(64 << 20, gt=0)  # cap on the text the BPE trainer sees
 
-    _path_exists = field_validator("path")(_check_local_input)
+    _path_exists = field_validator("path")(check_input_exists)
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -64,7 +62,7 @@ class PrepareDataConfig(StrictModel):
     overwrite: bool = False
     verbose: bool = False
 
-    _input_exists = field_validator("input")(_check_local_input)
+    _input_exists = field_validator("input")(check_input_exists)
 
 
 def _training_texts(sources: list[SourceFile], max_bytes: int, on_bad_utf8: str):

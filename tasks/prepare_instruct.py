@@ -20,9 +20,8 @@ from llada_core.config import StrictModel
 from llada_core.data.manifest import common_fields
 from llada_core.data.ray_pipeline import stream_encoded
 from llada_core.data.shards import DatasetWriter
-from llada_core.data.sources import DataError, check_columns, list_sources
+from llada_core.data.sources import DataError, check_columns, check_input_exists, list_sources
 from llada_core.data.tokenizer import load_tokenizer
-from tasks.prepare_data import _check_local_input
 
 COLUMNS = {"sft": [("prompt", "response"), ("messages",)], "dpo": [("prompt", "chosen", "rejected")]}
 SEQ_COLUMNS = {"sft": ("input_ids",), "dpo": ("chosen_ids", "rejected_ids")}
@@ -48,7 +47,7 @@ class PrepareInstructConfig(StrictModel):
     overwrite: bool = False
     verbose: bool = False
 
-    _paths_exist = field_validator("input", "tokenizer")(_check_local_input)
+    _paths_exist = field_validator("input", "tokenizer")(check_input_exists)
 
 
 def run(cfg: PrepareInstructConfig) -> dict:

@@ -54,6 +54,15 @@ def stdlib_files() -> list[str]:
     return sorted(out)
 
 
+def check_input_exists(value: str | None) -> str | None:
+    """Config validator: a local, non-glob input must exist (s3://, globs and `stdlib` are checked when
+    listed)."""
+    if value and value != STDLIB and not storage.is_s3(value) and not any(c in value for c in _GLOB_CHARS):
+        if not os.path.exists(os.path.expanduser(value)):
+            raise ValueError(f"path does not exist: {value}")
+    return value
+
+
 def _local_candidates(spec: str) -> list[str]:
     if spec == STDLIB:
         return stdlib_files()
