@@ -54,6 +54,7 @@ def reference(tmp_path_factory, data, init_ckpt):
     ({"world_size": 2}, 2),  # DP=2: half the micro-batch per rank, same global batch
     ({"world_size": 2, "tp": 2}, 4),
     ({"world_size": 2, "ep": 2}, 2),  # EP=2 on 2 ranks is also DP=2 for the dense parts
+    ({"world_size": 2, "pp": 2}, 4),  # 1F1B over 2 stages, 2 micro-batches
 ])
 def test_layouts_match_one_rank_for_three_steps(reference, tmp_path, layout, micro_batch):
     stage, ref, _ = reference
@@ -74,7 +75,8 @@ def test_resume_gives_the_same_losses(reference, tmp_path):
     assert resumed[0]["loss"] == pytest.approx(ref[2]["loss"], abs=1e-6)
 
 
-@pytest.mark.parametrize("layout, micro_batch", [({"world_size": 2, "tp": 2}, 4), ({"world_size": 2, "ep": 2}, 2)])
+@pytest.mark.parametrize("layout, micro_batch", [({"world_size": 2, "tp": 2}, 4), ({"world_size": 2, "ep": 2}, 2),
+                                                ({"world_size": 2, "pp": 2}, 4)])
 def test_checkpoint_saved_under_a_layout_resumes_under_one_rank(reference, tmp_path, layout, micro_batch):
     stage, ref, _ = reference
     spawn(2, stage | {"steps": 2, "layout": layout, "micro_batch": micro_batch}, tmp_path, mode="save")

@@ -54,8 +54,8 @@ def _load_consolidated(model: LladaModel, path: str) -> None:
 
 class Trainer:
     def __init__(self, cfg: StageConfig):
-        if cfg.layout.pp > 1:
-            raise NotImplementedError("the trainer does not schedule pipeline stages yet (pp must be 1)")
+        if cfg.layout.pp > 1 and cfg.objective != "cpt":
+            raise NotImplementedError(f"pipeline parallelism (pp={cfg.layout.pp}) is implemented for the cpt objective only")
         self.cfg = cfg
         init_parallel(cfg.layout, seed=cfg.seed)
         self.stream = RowStream(cfg.data, cfg.split, seed=cfg.seed)
@@ -96,7 +96,9 @@ class Trainer:
         self.opt.zero_grad()
         tokens = self.tokens_seen(self.step)
         losses, extra = [], {}
-        for micro in range(self.plan.grad_accum):
+        if self.cfg.layout.pp > 1:
+            losses = self._pipeline_backward(tokens)
+        for micro in range(self.plan.grad_accum if self.cfg.layout.pp == 1 else 0):
             positions = self.stream.micro_batch_positions(self.plan, self.step, micro, self.dp_rank)
             out = micro_batch_loss(self.model, self.reference, self.cfg, self.stream.rows_at(positions), positions,
                                    self.ids, self.step, tokens)
@@ -111,7 +113,9 @@ class Trainer:
         optim.set_lr(self.opt, lr)
         self.opt.prepare_grads()
         self.opt.step_with_ready_grads()
-        loss = torch.stack(losses).mean().reshape(1)
+        loss = torch.stack(losses).mean().reshape(1) if losses else torch.zeros(1)
+        if self.cfg.layout.pp > 1:  # only the last stage computed the loss
+            dist.all_reduce(loss, group=ps.get_pipeline_model_parallel_group())
         dist.all_reduce(loss, group=ps.get_data_parallel_group())
         self.step += 1
         elapsed = time.perf_counter() - t0
@@ -123,6 +127,44 @@ class Trainer:
             metrics["block_size"] = block_size_at(self.cfg, tokens, self.seq_len)
         metrics |= {k: v for k, v in extra.items() if isinstance(v, int | float) and k not in metrics}
         return metrics
+
+    def _pipeline_backward(self, tokens: int) -> list[torch.Tensor]:
+        """Forward + backward of all micro-batches through megatron's 1F1B schedule. Every stage reads
+        the same micro-batches (only hidden states travel between stages); the last stage turns
+        logits into the loss (Eq. 1); the schedule averages over micro-batches."""
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
+        from llada_core.objectives.block_diffusion import block_diffusion_from_logits, denoise_inputs
+        from llada_core.objectives.common import apply_noise
+        from llada_core.trainer.step import row_noise, sample_generator
+
+        micro_batches = []
+        for micro in range(self.plan.grad_accum):
+            positions = self.stream.micro_batch_positions(self.plan, self.step, micro, self.dp_rank)
+            rows = self.stream.rows_at(positions)
+            x0 = torch.tensor([r["input_ids"] for r in rows], dtype=torch.long)
+            doc = torch.tensor([r["doc_ids"] for r in rows], dtype=torch.long)
+            noise = row_noise(doc >= 0, [sample_generator(self.cfg.seed, p) for p in positions])
+            block = block_size_at(self.cfg, tokens, x0.shape[1])
+            inputs = denoise_inputs(apply_noise(x0, noise, self.ids.mask), x0, doc, block)
+            micro_batches.append({"inputs": inputs, "x0": x0, "doc": doc, "noise": noise, "block": block})
+
+        def forward_step(data_iterator, model):
+            mb = next(data_iterator)
+            output = model(*mb["inputs"])
+
+            def loss_func(logits):
+                loss = block_diffusion_from_logits(logits, mb["x0"], mb["doc"], mb["block"], mb["noise"]).loss
+                return loss, {"loss": loss.detach().clone()}  # the schedule divides `loss` in place
+
+            return output, loss_func
+
+        store = get_forward_backward_func()(
+            forward_step_func=forward_step, data_iterator=iter(micro_batches), model=[self.model],
+            num_microbatches=self.plan.grad_accum, seq_length=micro_batches[0]["inputs"][0].shape[1],
+            micro_batch_size=self.plan.micro_batch, forward_only=False,
+        )
+        return [d["loss"] for d in store]
 
     def _router_balance(self) -> float:
         """max / mean tokens per expert over this rank's MoE layers in this step (1.0 = balanced)."""

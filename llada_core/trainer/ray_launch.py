@@ -60,8 +60,8 @@ def preflight(cfg: StageConfig) -> None:
         model_cfg = load_preset(cfg.model, [f"vocab_size={vocab}", *cfg.model_overrides])
     cfg.layout.check_model(model_cfg.num_layers, model_cfg.num_experts, model_cfg.num_heads,
                            model_cfg.num_kv_heads, model_cfg.vocab_size)
-    if cfg.layout.pp > 1:
-        raise ValueError(f"layout.pp={cfg.layout.pp}: the trainer does not schedule pipeline stages yet")
+    if cfg.layout.pp > 1 and cfg.objective != "cpt":
+        raise ValueError(f"layout.pp={cfg.layout.pp}: pipeline parallelism is implemented for the cpt objective only")
 
 
 def run_stage(cfg: StageConfig, storage_path: str, max_failures: int = 0, use_gpu: bool = False,
