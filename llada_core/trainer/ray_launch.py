@@ -18,6 +18,7 @@ import ray.train
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from llada_core import storage
 from llada_core.cluster import ensure_ray
 from llada_core.config import canonical_json
 from llada_core.trainer.config import StageConfig
@@ -76,7 +77,9 @@ def run_stage(cfg: StageConfig, storage_path: str, max_failures: int = 0, use_gp
         scaling_config=ScalingConfig(num_workers=cfg.layout.world_size, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cpus_per_worker}),
         run_config=RunConfig(
-            name=cfg.name, storage_path=storage_path,
+            name=cfg.name, storage_path=storage.resolve(storage_path)[1] if storage.is_s3(storage_path) else storage_path,
+            # S3 through the project's filesystem: same endpoint / credential handling as the data stage
+            storage_filesystem=storage.s3_filesystem() if storage.is_s3(storage_path) else None,
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
         ),
