@@ -29,7 +29,10 @@ def test_worker_killed_mid_run_finishes_via_failure_config(ray_local, tmp_path):
     stage = StageConfig.model_validate(stage_dict(data, name="ray-dp2", steps=4, checkpoint_every=1, micro_batch=2,
                                                   layout={"world_size": 2}))
     marker = tmp_path / "killed-once"
-    result = run_stage(stage, str(tmp_path / "runs"), max_failures=1, fault={"rank": 1, "step": 3, "marker": str(marker)})
+    seen = []
+    result = run_stage(stage, str(tmp_path / "runs"), max_failures=1, fault={"rank": 1, "step": 3, "marker": str(marker)},
+                       on_metrics=lambda step, m: seen.append(step))
+    assert set(seen) == {1, 2, 3, 4} and seen[-1] == 4  # every step reached the driver (redone ones again)
     assert marker.exists()  # the worker really died once
     assert result.error is None and result.metrics["step"] == 4
     assert result.checkpoint is not None

@@ -11,12 +11,16 @@ than the newest one written: the loop simply redoes those steps (they are determ
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
+import threading
+from collections.abc import Callable
 
 import ray
 import ray.train
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback
 from ray.train.torch import TorchTrainer
+from ray.util.queue import Queue
 
 from llada_core import storage
 from llada_core.cluster import ensure_ray
@@ -48,6 +52,33 @@ def _worker_loop(config: dict) -> None:
         ray.train.report(metrics | {"step": trainer.step}, checkpoint=checkpoint)
 
 
+class _ForwardMetrics(UserCallback):
+    """Runs in Ray Train's controller: forwards rank 0's metrics of every report to the driver."""
+
+    def __init__(self, queue: Queue):
+        self.queue = queue
+
+    def after_report(self, run_context, metrics, checkpoint):
+        if metrics:
+            self.queue.put(dict(metrics[0]))
+
+
+def _consume(queue: Queue, done: threading.Event, total: int, name: str, on_metrics) -> None:
+    while not (done.is_set() and queue.empty()):
+        try:
+            m = queue.get(timeout=0.5)
+        except Exception:  # ray.util.queue.Empty
+            continue
+        if on_metrics:
+            on_metrics(int(m["step"]), m)
+        width = 30
+        filled = int(width * m["step"] / total)
+        sys.stderr.write(f"\r{name} [{'#' * filled}{'.' * (width - filled)}] step {m['step']}/{total} "
+                         f"loss {m['loss']:.4f} lr {m['lr']:.2e} {m['tokens_per_s']:.0f} tok/s")
+        sys.stderr.flush()
+    sys.stderr.write("\n")
+
+
 def preflight(cfg: StageConfig) -> None:
     """Everything about the layout that can fail, checked on the driver before any worker starts."""
     from llada_core.checkpoint import load_checkpoint
@@ -66,11 +97,18 @@ def preflight(cfg: StageConfig) -> None:
 
 
 def run_stage(cfg: StageConfig, storage_path: str, max_failures: int = 0, use_gpu: bool = False,
-              cpus_per_worker: float = 1.0, fault: dict | None = None) -> ray.train.Result:
+              cpus_per_worker: float = 1.0, fault: dict | None = None,
+              on_metrics: Callable[[int, dict], None] | None = None, progress: bool = True) -> ray.train.Result:
     """Run (or resume: same name + storage_path) a stage on the connected Ray cluster.
-    `fault` = {"rank", "step", "marker"} kills that worker once at that step (chaos testing)."""
+    Every step's metrics reach `on_metrics(step, metrics)` on the driver (steps redone after a
+    restart are reported again) and a progress bar on stderr. `fault` = {"rank", "step", "marker"}
+    kills that worker once at that step (chaos testing)."""
     preflight(cfg)
     ensure_ray()
+    queue, done = Queue(), threading.Event()
+    consumer = threading.Thread(target=_consume, args=(queue, done, cfg.steps, cfg.name, on_metrics), daemon=True)
+    if on_metrics or progress:
+        consumer.start()
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config={"stage": canonical_json(cfg), "fault": fault},
@@ -82,6 +120,13 @@ def run_stage(cfg: StageConfig, storage_path: str, max_failures: int = 0, use_gp
             storage_filesystem=storage.s3_filesystem() if storage.is_s3(storage_path) else None,
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+            callbacks=[_ForwardMetrics(queue)],
         ),
     )
-    return trainer.fit()
+    try:
+        return trainer.fit()
+    finally:
+        done.set()
+        if consumer.is_alive():
+            consumer.join(timeout=30)
+        queue.shutdown()
