@@ -60,3 +60,16 @@ def test_corrupted_shard_and_missing_split(tmp_path):
         stream.rows_at(list(range(50)))
     with pytest.raises(DataError, match="has no 'val' rows"):
         RowStream(uri, "val")
+
+
+def test_precision_choice(tmp_path):
+    import torch
+
+    from llada_core.config import ConfigError, load_config
+    from llada_core.trainer.config import StageConfig
+
+    base = {"name": "s", "objective": "cpt", "data": str(tmp_path), "steps": 1}
+    assert load_config(StageConfig, values=base).dtype == (torch.bfloat16 if torch.cuda.is_available() else torch.float32)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="key 'precision': bf16 training needs a GPU"):
+            load_config(StageConfig, values=base | {"precision": "bf16"})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 from pydantic import Field, model_validator
 
 from llada_core.config import StrictModel
@@ -47,6 +48,11 @@ class ObjectiveConfig(StrictModel):
 
 
 class StageConfig(StrictModel):
+    @property
+    def dtype(self) -> torch.dtype:
+        use_bf16 = self.precision == "bf16" or (self.precision == "auto" and torch.cuda.is_available())
+        return torch.bfloat16 if use_bf16 else torch.float32
+
     name: str
     objective: Objective
     data: str  # a dataset prepared by the data stage (local or s3://)
@@ -63,12 +69,15 @@ class StageConfig(StrictModel):
     schedule_offset_tokens: int = Field(0, ge=0)  # where this stage starts on the schedule's token axis
     objective_cfg: ObjectiveConfig = ObjectiveConfig()
     optim: OptimConfig = OptimConfig()
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 with CUDA, fp32 on CPU
     seed: int = 0
     checkpoint_every: int = Field(50, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
 
     @model_validator(mode="after")
     def _check(self):
+        if self.precision == "bf16" and not torch.cuda.is_available():
+            raise ValueError("precision: bf16 training needs a GPU (megatron's mixed-precision optimizer is CUDA-only); use fp32 or auto")
         if self.objective == "dpo" and not self.reference_checkpoint:
             raise ValueError("reference_checkpoint: DPO needs the frozen reference model's checkpoint")
         return self

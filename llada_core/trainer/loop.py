@@ -67,14 +67,14 @@ class Trainer:
         else:
             vocab = pad_vocab(self.stream.manifest["tokenizer"]["vocab_size"])
             model_cfg = load_preset(cfg.model, [f"vocab_size={vocab}", *cfg.model_overrides])
-        self.model = LladaModel(model_cfg, cfg.layout)
+        self.model = LladaModel(model_cfg, cfg.layout, dtype=cfg.dtype)
         if cfg.init_checkpoint:
             _load_consolidated(self.model, cfg.init_checkpoint)
         self.reference = None
         if cfg.reference_checkpoint:
-            self.reference = LladaModel(model_cfg, cfg.layout).eval().requires_grad_(False)
+            self.reference = LladaModel(model_cfg, cfg.layout, dtype=cfg.dtype).eval().requires_grad_(False)
             _load_consolidated(self.reference, cfg.reference_checkpoint)
-        self.ddp, self.opt = optim.build_ddp_and_optimizer(self.model, cfg.optim)
+        self.ddp, self.opt = optim.build_ddp_and_optimizer(self.model, cfg.optim, bf16=cfg.dtype == torch.bfloat16)
         self.dp_rank = ps.get_data_parallel_rank()
         self.plan = BatchPlan(cfg.micro_batch, cfg.grad_accum, ps.get_data_parallel_world_size())
         self.seq_len = int(self.stream.manifest.get("seq_len", 0))

@@ -24,7 +24,7 @@ from megatron.core.transformer.module import param_is_not_shared
 from llada_core.trainer.config import OptimConfig
 
 
-def build_ddp_and_optimizer(model, optim: OptimConfig):
+def build_ddp_and_optimizer(model, optim: OptimConfig, bf16: bool = False):
     ddp = DistributedDataParallel(
         config=model.gpt.config, module=model.gpt,
         ddp_config=DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
@@ -33,7 +33,7 @@ def build_ddp_and_optimizer(model, optim: OptimConfig):
     opt = get_megatron_optimizer(
         OptimizerConfig(optimizer="adam", lr=optim.lr, min_lr=optim.min_lr, weight_decay=optim.weight_decay,
                         adam_beta1=optim.beta1, adam_beta2=optim.beta2, adam_eps=optim.eps, clip_grad=0.0,
-                        use_distributed_optimizer=False, bf16=False, fp16=False),
+                        use_distributed_optimizer=False, bf16=bf16, fp16=False),
         [ddp],
     )
     return ddp, opt
