@@ -78,12 +78,13 @@ class Trainer:
         self.dp_rank = ps.get_data_parallel_rank()
         self.plan = BatchPlan(cfg.micro_batch, cfg.grad_accum, ps.get_data_parallel_world_size())
         self.seq_len = int(self.stream.manifest.get("seq_len", 0))
+        self.schedule = cfg.schedule.build() if cfg.schedule is not None else None
         self.step = 0
 
     # -- one optimizer step -------------------------------------------------------------------
     def _lr(self, tokens: int) -> float:
-        if self.cfg.schedule is not None:
-            return self.cfg.schedule.build().lr_at(self.cfg.schedule_offset_tokens + tokens)
+        if self.schedule is not None:
+            return self.schedule.lr_at(self.cfg.schedule_offset_tokens + tokens)
         return optim.lr_at(self.cfg.optim, self.step, self.cfg.steps)
 
     def tokens_seen(self, step: int) -> int:
@@ -95,16 +96,10 @@ class Trainer:
         self.ddp.zero_grad_buffer()
         self.opt.zero_grad()
         tokens = self.tokens_seen(self.step)
-        losses, extra = [], {}
         if self.cfg.layout.pp > 1:
-            losses = self._pipeline_backward(tokens)
-        for micro in range(self.plan.grad_accum if self.cfg.layout.pp == 1 else 0):
-            positions = self.stream.micro_batch_positions(self.plan, self.step, micro, self.dp_rank)
-            out = micro_batch_loss(self.model, self.reference, self.cfg, self.stream.rows_at(positions), positions,
-                                   self.ids, self.step, tokens)
-            (out.loss / self.plan.grad_accum).backward()
-            losses.append(out.loss.detach())
-            extra = out.metrics
+            losses, extra = self._pipeline_backward(tokens), {}
+        else:
+            losses, extra = self._micro_batches_backward(tokens)
         balance = self._router_balance()
         finalize_model_grads([self.ddp])
         norm = optim.global_grad_norm(self.ddp)
@@ -127,6 +122,18 @@ class Trainer:
             metrics["block_size"] = block_size_at(self.cfg, tokens, self.seq_len)
         metrics |= {k: v for k, v in extra.items() if isinstance(v, int | float) and k not in metrics}
         return metrics
+
+    def _micro_batches_backward(self, tokens: int) -> tuple[list[torch.Tensor], dict]:
+        """Gradient accumulation without pipeline stages: each micro-batch's mean loss / grad_accum."""
+        losses, extra = [], {}
+        for micro in range(self.plan.grad_accum):
+            positions = self.stream.micro_batch_positions(self.plan, self.step, micro, self.dp_rank)
+            out = micro_batch_loss(self.model, self.reference, self.cfg, self.stream.rows_at(positions), positions,
+                                   self.ids, self.step, tokens)
+            (out.loss / self.plan.grad_accum).backward()
+            losses.append(out.loss.detach())
+            extra = out.metrics
+        return losses, extra
 
     def _pipeline_backward(self, tokens: int) -> list[torch.Tensor]:
         """Forward + backward of all micro-batches through megatron's 1F1B schedule. Every stage reads
