@@ -83,11 +83,18 @@ def save_checkpoint(out: str | Path, cfg: ModelConfig, tensors: Iterable[tuple[s
     return out
 
 
-def load_checkpoint(path: str | Path) -> tuple[ModelConfig, dict[str, Tensor], LladaTokenizer, dict]:
+def read_checkpoint_header(path: str | Path) -> tuple[ModelConfig, dict]:
+    """A checkpoint's model config and meta (incl. its tokenizer digest), without reading tensors."""
     path = Path(path)
     if not (path / "meta.json").is_file():
         raise CheckpointError(f"{path} is not a complete checkpoint (no meta.json)")
     cfg = ModelConfig.model_validate_json((path / "model_config.json").read_text())
+    return cfg, json.loads((path / "meta.json").read_text())
+
+
+def load_checkpoint(path: str | Path) -> tuple[ModelConfig, dict[str, Tensor], LladaTokenizer, dict]:
+    path = Path(path)
+    cfg, meta = read_checkpoint_header(path)
     index = json.loads((path / "weights" / "index.json").read_text())
     state: dict[str, Tensor] = {}
     for file in sorted(set(index.values())):
@@ -98,7 +105,6 @@ def load_checkpoint(path: str | Path) -> tuple[ModelConfig, dict[str, Tensor], L
     if missing:
         raise CheckpointError(f"{path}: missing tensor(s) {missing[:5]}")
     tok = load_tokenizer(path / "tokenizer")
-    meta = json.loads((path / "meta.json").read_text())
     if meta.get("tokenizer_digest") != tok.digest:
         raise CheckpointError(f"{path}: tokenizer digest {tok.digest[:12]} does not match meta.json")
     if tok.vocab_size > cfg.vocab_size:

@@ -73,3 +73,13 @@ def test_precision_choice(tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="key 'precision': bf16 training needs a GPU"):
             load_config(StageConfig, values=base | {"precision": "bf16"})
+
+
+def test_pipeline_parallel_is_refused_at_load_for_objectives_without_it(tmp_path):
+    from llada_core.config import ConfigError, load_config
+    from llada_core.trainer.config import StageConfig
+
+    base = {"name": "s", "data": str(tmp_path), "steps": 1, "layout": {"world_size": 2, "pp": 2}}
+    assert load_config(StageConfig, values=base | {"objective": "cpt"}).layout.pp == 2
+    with pytest.raises(ConfigError, match=r"key 'layout': pipeline parallelism \(pp=2\) is implemented for the cpt objective only"):
+        load_config(StageConfig, values=base | {"objective": "sft"})

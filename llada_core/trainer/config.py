@@ -11,7 +11,9 @@ from typing import Literal
 import torch
 from pydantic import Field, model_validator
 
+from llada_core.checkpoint import read_checkpoint_header
 from llada_core.config import StrictModel
+from llada_core.model.config import ModelConfig, load_preset, pad_vocab
 from llada_core.parallel.layout import ParallelLayout
 from llada_core.schedule import WSDConfig
 
@@ -78,6 +80,20 @@ class StageConfig(StrictModel):
     def _check(self):
         if self.precision == "bf16" and not torch.cuda.is_available():
             raise ValueError("precision: bf16 training needs a GPU (megatron's mixed-precision optimizer is CUDA-only); use fp32 or auto")
+        if self.layout.pp > 1 and self.objective != "cpt":
+            raise ValueError(f"layout: pipeline parallelism (pp={self.layout.pp}) is implemented for the cpt objective only")
         if self.objective == "dpo" and not self.reference_checkpoint:
             raise ValueError("reference_checkpoint: DPO needs the frozen reference model's checkpoint")
         return self
+
+
+def resolve_model_config(cfg: StageConfig, manifest: dict) -> ModelConfig:
+    """The stage's model shape: the init checkpoint's (whose tokenizer must be the dataset's), or the
+    preset with the dataset tokenizer's vocabulary, padded. Reads no tensors."""
+    if cfg.init_checkpoint:
+        model_cfg, meta = read_checkpoint_header(cfg.init_checkpoint)
+        if meta.get("tokenizer_digest") != manifest["tokenizer"]["digest"]:
+            raise ValueError(f"{cfg.init_checkpoint}: its tokenizer differs from the dataset's ({cfg.data})")
+        return model_cfg
+    vocab = pad_vocab(manifest["tokenizer"]["vocab_size"])
+    return load_preset(cfg.model, [f"vocab_size={vocab}", *cfg.model_overrides])

@@ -27,53 +27,45 @@ from megatron.core import dist_checkpointing
 from megatron.core import parallel_state as ps
 from megatron.core.distributed import finalize_model_grads
 
-from llada_core.checkpoint import load_checkpoint, save_checkpoint
+from llada_core.checkpoint import load_checkpoint, load_into, save_checkpoint
 from llada_core.data.tokenizer import load_tokenizer
 from llada_core.model.build import LladaModel
-from llada_core.model.config import load_preset, pad_vocab
+from llada_core.model.hf_config import CheckpointError
 from llada_core.model.hf_io import expected_shapes
 from llada_core.parallel.reshard import current_coords, shard_state, unshard_state
 from llada_core.parallel.setup import init_parallel
 from llada_core.trainer import optim
-from llada_core.trainer.config import StageConfig
+from llada_core.trainer.config import StageConfig, resolve_model_config
 from llada_core.trainer.data import BatchPlan, RowStream
 from llada_core.trainer.step import TokenIds, block_size_at, micro_batch_loss
 
 STATE_FILE = "trainer_state.json"
 
 
-def _load_consolidated(model: LladaModel, path: str) -> None:
-    cfg, full, _, _ = load_checkpoint(path)
-    if cfg != model.cfg:
-        raise ValueError(f"{path}: its model config differs from the stage's model")
-    result = model.load_state_dict(shard_state(full, cfg, current_coords()), strict=False)
-    missing = [k for k in result.missing_keys if not k.endswith("_extra_state")]
-    if missing or result.unexpected_keys:
-        raise ValueError(f"{path}: shard mismatch: missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}")
+def _load_sharded(model: LladaModel, path: str, checkpoint: tuple) -> None:
+    """This rank's shard of a loaded consolidated checkpoint into the model."""
+    ckpt_cfg, full, _, _ = checkpoint
+    if ckpt_cfg != model.cfg:
+        raise CheckpointError(f"{path}: its model config differs from the stage's model")
+    load_into(model, shard_state(full, ckpt_cfg, current_coords()))
 
 
 class Trainer:
     def __init__(self, cfg: StageConfig):
-        if cfg.layout.pp > 1 and cfg.objective != "cpt":
-            raise NotImplementedError(f"pipeline parallelism (pp={cfg.layout.pp}) is implemented for the cpt objective only")
         self.cfg = cfg
         init_parallel(cfg.layout, seed=cfg.seed)
         self.stream = RowStream(cfg.data, cfg.split, seed=cfg.seed)
         self.ids = TokenIds.from_manifest(self.stream.manifest)
-        if cfg.init_checkpoint:
-            model_cfg, _, tok, _ = load_checkpoint(cfg.init_checkpoint)
-            if tok.digest != self.stream.manifest["tokenizer"]["digest"]:
-                raise ValueError(f"{cfg.init_checkpoint}: its tokenizer differs from the dataset's ({cfg.data})")
-        else:
-            vocab = pad_vocab(self.stream.manifest["tokenizer"]["vocab_size"])
-            model_cfg = load_preset(cfg.model, [f"vocab_size={vocab}", *cfg.model_overrides])
+        model_cfg = resolve_model_config(cfg, self.stream.manifest)
         self.model = LladaModel(model_cfg, cfg.layout, dtype=cfg.dtype)
-        if cfg.init_checkpoint:
-            _load_consolidated(self.model, cfg.init_checkpoint)
+        init = load_checkpoint(cfg.init_checkpoint) if cfg.init_checkpoint else None
+        if init:
+            _load_sharded(self.model, cfg.init_checkpoint, init)
         self.reference = None
-        if cfg.reference_checkpoint:
+        if cfg.reference_checkpoint:  # DPO: usually the same checkpoint as init, read once
             self.reference = LladaModel(model_cfg, cfg.layout, dtype=cfg.dtype).eval().requires_grad_(False)
-            _load_consolidated(self.reference, cfg.reference_checkpoint)
+            same = cfg.reference_checkpoint == cfg.init_checkpoint
+            _load_sharded(self.reference, cfg.reference_checkpoint, init if same else load_checkpoint(cfg.reference_checkpoint))
         self.ddp, self.opt = optim.build_ddp_and_optimizer(self.model, cfg.optim, bf16=cfg.dtype == torch.bfloat16)
         self.dp_rank = ps.get_data_parallel_rank()
         self.plan = BatchPlan(cfg.micro_batch, cfg.grad_accum, ps.get_data_parallel_world_size())
@@ -256,8 +248,3 @@ class Trainer:
                 shutil.rmtree(old, ignore_errors=True)
         dist.barrier()
 
-
-def latest_checkpoint(root: str | Path) -> Path | None:
-    """The newest complete checkpoint under root (temp dirs are hidden and never match)."""
-    done = sorted(p for p in Path(root).glob("step-*") if (p / STATE_FILE).is_file())
-    return done[-1] if done else None

@@ -81,19 +81,12 @@ def _consume(queue: Queue, done: threading.Event, total: int, name: str, on_metr
 
 def preflight(cfg: StageConfig) -> None:
     """Everything about the layout that can fail, checked on the driver before any worker starts."""
-    from llada_core.checkpoint import load_checkpoint
     from llada_core.data.shards import read_manifest
-    from llada_core.model.config import load_preset, pad_vocab
+    from llada_core.trainer.config import resolve_model_config
 
-    if cfg.init_checkpoint:
-        model_cfg = load_checkpoint(cfg.init_checkpoint)[0]
-    else:
-        vocab = pad_vocab(read_manifest(cfg.data)["tokenizer"]["vocab_size"])
-        model_cfg = load_preset(cfg.model, [f"vocab_size={vocab}", *cfg.model_overrides])
+    model_cfg = resolve_model_config(cfg, read_manifest(cfg.data))
     cfg.layout.check_model(model_cfg.num_layers, model_cfg.num_experts, model_cfg.num_heads,
                            model_cfg.num_kv_heads, model_cfg.vocab_size)
-    if cfg.layout.pp > 1 and cfg.objective != "cpt":
-        raise ValueError(f"layout.pp={cfg.layout.pp}: pipeline parallelism is implemented for the cpt objective only")
 
 
 def run_stage(cfg: StageConfig, storage_path: str, max_failures: int = 0, use_gpu: bool = False,
