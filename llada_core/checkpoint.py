@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -23,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from llada_core import storage
 from llada_core.config import canonical_json
 from llada_core.data.tokenizer import LladaTokenizer, load_tokenizer
 from llada_core.model.config import ModelConfig
@@ -32,8 +30,9 @@ from llada_core.model.hf_io import expected_shapes
 SHARD_BYTES = 2 << 30
 
 
-def check_shapes(cfg: ModelConfig, name: str, tensor: Tensor) -> None:
-    want = expected_shapes(cfg).get(name)
+def check_shapes(expected: dict[str, tuple[int, ...]], name: str, tensor: Tensor) -> None:
+    """`expected` = expected_shapes(cfg), computed once per checkpoint (it lists every tensor)."""
+    want = expected.get(name)
     if want is None:
         raise CheckpointError(f"unexpected tensor {name!r} for this model config")
     if tuple(tensor.shape) != want:
@@ -45,10 +44,9 @@ def save_checkpoint(out: str | Path, cfg: ModelConfig, tensors: Iterable[tuple[s
     out = Path(out)
     if (out / "meta.json").exists():
         raise CheckpointError(f"{out} already holds a checkpoint; remove it first")
-    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
-    (tmp / "weights").mkdir(parents=True)
-    try:
-        expected = expected_shapes(cfg)
+    expected = expected_shapes(cfg)
+    with storage.atomic_local_dir(out, replace=True) as tmp:  # replaces only an incomplete directory
+        (tmp / "weights").mkdir()
         index, shard, size, seen = {}, {}, 0, set()
 
         def flush():
@@ -60,7 +58,7 @@ def save_checkpoint(out: str | Path, cfg: ModelConfig, tensors: Iterable[tuple[s
                 shard, size = {}, 0
 
         for name, tensor in tensors:
-            check_shapes(cfg, name, tensor)
+            check_shapes(expected, name, tensor)
             shard[name] = tensor.detach().contiguous().cpu()
             seen.add(name)
             size += tensor.numel() * tensor.element_size()
@@ -74,12 +72,6 @@ def save_checkpoint(out: str | Path, cfg: ModelConfig, tensors: Iterable[tuple[s
         (tmp / "model_config.json").write_text(canonical_json(cfg) + "\n")
         tok.save(tmp / "tokenizer")
         (tmp / "meta.json").write_text(json.dumps(meta | {"tokenizer_digest": tok.digest}, indent=2, sort_keys=True))
-        if out.exists():
-            shutil.rmtree(out)
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -99,9 +91,10 @@ def load_checkpoint(path: str | Path) -> tuple[ModelConfig, dict[str, Tensor], L
     state: dict[str, Tensor] = {}
     for file in sorted(set(index.values())):
         state |= load_file(str(path / "weights" / file))
+    expected = expected_shapes(cfg)
     for name, tensor in state.items():
-        check_shapes(cfg, name, tensor)
-    missing = sorted(set(expected_shapes(cfg)) - set(state))
+        check_shapes(expected, name, tensor)
+    missing = sorted(set(expected) - set(state))
     if missing:
         raise CheckpointError(f"{path}: missing tensor(s) {missing[:5]}")
     tok = load_tokenizer(path / "tokenizer")

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -79,3 +82,22 @@ def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
 
 def exists(fs: pafs.FileSystem, path: str) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+@contextmanager
+def atomic_local_dir(final: str | Path, replace: bool = False) -> Iterator[Path]:
+    """Build a directory under a hidden temp name beside `final`; on success rename it into place
+    (an existing `final` is replaced only with `replace=True`), on failure remove it."""
+    final = Path(final)
+    tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        if final.exists():
+            if not replace:
+                raise FileExistsError(f"{final} exists; refusing to overwrite")
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

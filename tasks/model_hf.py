@@ -9,8 +9,6 @@ noise there). Export writes safetensors + config.json + tokenizer that `transfor
 from __future__ import annotations
 
 import json
-import shutil
-import uuid
 from pathlib import Path
 
 import torch
@@ -51,7 +49,8 @@ def import_hf(hf_dir: str | Path, out: str | Path, add_mask_token: str | None = 
     grown = cfg.vocab_size if tok.vocab_size <= cfg.vocab_size else pad_vocab(tok.vocab_size)
     new_cfg = cfg.model_copy(update={"vocab_size": grown})
 
-    handles = [safe_open(str(f), "pt") for f in _safetensors_files(hf_dir)]
+    files = _safetensors_files(hf_dir)
+    handles = [safe_open(str(f), "pt") for f in files]
     where = {name: h for h in handles for name in h.keys()}
 
     def tensors():
@@ -62,7 +61,7 @@ def import_hf(hf_dir: str | Path, out: str | Path, add_mask_token: str | None = 
 
     meta = {
         "source": str(hf_dir.resolve()), "source_model_type": hf_cfg["model_type"],
-        "source_files": {f.name: storage.sha256_of(*storage.resolve(str(f))) for f in _safetensors_files(hf_dir)},
+        "source_files": {f.name: storage.sha256_of(*storage.resolve(str(f))) for f in files},
         "added_special_tokens": tok.added_roles, "vocab_rows_added": grown - cfg.vocab_size, "code_version": code_version(),
     }
     save_checkpoint(out, new_cfg, tensors(), tok, meta)
@@ -70,20 +69,14 @@ def import_hf(hf_dir: str | Path, out: str | Path, add_mask_token: str | None = 
 
 
 def export_hf(ckpt: str | Path, out: str | Path) -> dict:
+    out = Path(out)
+    if out.exists():
+        raise CheckpointError(f"{out} exists; refusing to overwrite")
     cfg, state, tok, meta = load_checkpoint(ckpt)
     hf_cfg = to_hf_config(cfg) | {"bos_token_id": tok.id_of("bos"), "eos_token_id": tok.id_of("eos"),
                                   "pad_token_id": tok.id_of("pad"), "mask_token_id": tok.id_of("mask")}
-    out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir(parents=True)
-    try:
+    with storage.atomic_local_dir(out) as tmp:
         save_file(megatron_to_hf(state, cfg, hf_cfg["model_type"]), str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2, sort_keys=True))
         tok.save(tmp)
-        if out.exists():
-            raise CheckpointError(f"{out} exists; refusing to overwrite")
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return hf_cfg

@@ -97,6 +97,8 @@ def test_export_reimport_is_bit_exact_and_transformers_loads_it(megatron_ready, 
     make_hf(kind, tmp_path / "hf", **over)
     import_hf(tmp_path / "hf", tmp_path / "ckpt", add_mask_token="<|mask|>")
     export_hf(tmp_path / "ckpt", tmp_path / "export")
+    with pytest.raises(CheckpointError, match="exists; refusing to overwrite"):
+        export_hf(tmp_path / "ckpt", tmp_path / "export")
     import_hf(tmp_path / "export", tmp_path / "ckpt2")
     a, b = load_checkpoint(tmp_path / "ckpt"), load_checkpoint(tmp_path / "ckpt2")
     assert a[0] == b[0] and tensors_digest(a[1]) == tensors_digest(b[1]) and a[2].digest == b[2].digest
