@@ -37,7 +37,7 @@ from llada_core.parallel.setup import init_parallel
 from llada_core.trainer import optim
 from llada_core.trainer.config import StageConfig, resolve_model_config
 from llada_core.trainer.data import BatchPlan, RowStream
-from llada_core.trainer.step import TokenIds, block_size_at, micro_batch_loss
+from llada_core.trainer.step import TokenIds, block_size_at, cpt_micro_batch, micro_batch_loss
 
 STATE_FILE = "trainer_state.json"
 
@@ -133,34 +133,24 @@ class Trainer:
         logits into the loss (Eq. 1); the schedule averages over micro-batches."""
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
-        from llada_core.objectives.block_diffusion import block_diffusion_from_logits, denoise_inputs
-        from llada_core.objectives.common import apply_noise
-        from llada_core.trainer.step import row_noise, sample_generator
-
         micro_batches = []
         for micro in range(self.plan.grad_accum):
             positions = self.stream.micro_batch_positions(self.plan, self.step, micro, self.dp_rank)
-            rows = self.stream.rows_at(positions)
-            x0 = torch.tensor([r["input_ids"] for r in rows], dtype=torch.long)
-            doc = torch.tensor([r["doc_ids"] for r in rows], dtype=torch.long)
-            noise = row_noise(doc >= 0, [sample_generator(self.cfg.seed, p) for p in positions])
-            block = block_size_at(self.cfg, tokens, x0.shape[1])
-            inputs = denoise_inputs(apply_noise(x0, noise, self.ids.mask), x0, doc, block)
-            micro_batches.append({"inputs": inputs, "x0": x0, "doc": doc, "noise": noise, "block": block})
+            micro_batches.append(cpt_micro_batch(self.cfg, self.stream.rows_at(positions), positions, self.ids, tokens))
 
         def forward_step(data_iterator, model):
             mb = next(data_iterator)
-            output = model(*mb["inputs"])
+            output = model(*mb.inputs)
 
             def loss_func(logits):
-                loss = block_diffusion_from_logits(logits, mb["x0"], mb["doc"], mb["block"], mb["noise"]).loss
+                loss = mb.loss(logits).loss
                 return loss, {"loss": loss.detach().clone()}  # the schedule divides `loss` in place
 
             return output, loss_func
 
         store = get_forward_backward_func()(
             forward_step_func=forward_step, data_iterator=iter(micro_batches), model=[self.model],
-            num_microbatches=self.plan.grad_accum, seq_length=micro_batches[0]["inputs"][0].shape[1],
+            num_microbatches=self.plan.grad_accum, seq_length=micro_batches[0].inputs[0].shape[1],
             micro_batch_size=self.plan.micro_batch, forward_only=False,
         )
         return [d["loss"] for d in store]

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import torch
 
 from llada_core.objectives.ar import ar_loss
-from llada_core.objectives.block_diffusion import block_diffusion_loss
+from llada_core.objectives.block_diffusion import block_diffusion_from_logits, denoise_inputs
 from llada_core.objectives.cap import cap_loss
-from llada_core.objectives.common import EPS, LossOutput, Noise, draw_noise
+from llada_core.objectives.common import EPS, LossOutput, Noise, apply_noise, draw_noise
 from llada_core.objectives.dpo import dpo_loss
 from llada_core.objectives.sft import pad_examples, sft_loss
 from llada_core.trainer.config import StageConfig
@@ -49,23 +49,48 @@ def block_size_at(cfg: StageConfig, tokens: int, seq_len: int) -> int:
     return min(cfg.objective_cfg.block_size, seq_len)
 
 
+@dataclass
+class CPTMicroBatch:
+    """A block-diffusion micro-batch: the denoiser's inputs and what its loss needs (Eq. 1)."""
+
+    inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # input_ids, position_ids, allowed
+    x0: torch.Tensor
+    doc: torch.Tensor
+    noise: Noise
+    block: int
+
+    def loss(self, logits: torch.Tensor) -> LossOutput:
+        return block_diffusion_from_logits(logits, self.x0, self.doc, self.block, self.noise)
+
+
+def packed_tensors(rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+    x0 = torch.tensor([r["input_ids"] for r in rows], dtype=torch.long)
+    doc = torch.tensor([r["doc_ids"] for r in rows], dtype=torch.long)
+    return x0, doc
+
+
+def cpt_micro_batch(cfg: StageConfig, rows: list[dict], positions: list[int], ids: TokenIds, tokens_seen: int) -> CPTMicroBatch:
+    x0, doc = packed_tensors(rows)
+    noise = row_noise(doc >= 0, [sample_generator(cfg.seed, p) for p in positions])
+    block = block_size_at(cfg, tokens_seen, x0.shape[1])
+    return CPTMicroBatch(denoise_inputs(apply_noise(x0, noise, ids.mask), x0, doc, block), x0, doc, noise, block)
+
+
 def micro_batch_loss(model, reference, cfg: StageConfig, rows: list[dict], positions: list[int], ids: TokenIds,
                      step: int, tokens_seen: int) -> LossOutput:
     obj = cfg.objective_cfg
-    gens = [sample_generator(cfg.seed, p) for p in positions]
-    if cfg.objective in ("ar", "cpt"):
-        x0 = torch.tensor([r["input_ids"] for r in rows], dtype=torch.long)
-        doc = torch.tensor([r["doc_ids"] for r in rows], dtype=torch.long)
-        if cfg.objective == "ar":
-            return ar_loss(model, x0, doc)
+    if cfg.objective == "ar":
+        return ar_loss(model, *packed_tensors(rows))
+    if cfg.objective == "cpt":
         denoiser = model
         if obj.mask_noise_std and step < obj.mask_noise_steps:
             embed_gen = sample_generator(cfg.seed + 1, positions[0])
 
             def denoiser(i, p, a):
                 return model(i, p, a, mask_noise=(ids.mask, obj.mask_noise_std, embed_gen))
-        block = block_size_at(cfg, tokens_seen, x0.shape[1])
-        return block_diffusion_loss(denoiser, x0, doc, block, ids.mask, noise=row_noise(doc >= 0, gens))
+        mb = cpt_micro_batch(cfg, rows, positions, ids, tokens_seen)
+        return mb.loss(denoiser(*mb.inputs))
+    gens = [sample_generator(cfg.seed, p) for p in positions]
     if cfg.objective in ("sft", "cap"):
         batch = pad_examples([(r["input_ids"], r["prompt_len"]) for r in rows], obj.block_size, ids.pad)
         kw = dict(complementary_masking=obj.complementary_masking,
