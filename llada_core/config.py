@@ -44,15 +44,33 @@ M = TypeVar("M", bound=BaseModel)
 _FIELD_PREFIX = re.compile(r"^([A-Za-z_][A-Za-z0-9_.]*): (.*)$", re.S)
 
 
+def _child(node, key: str):
+    """A section by key; inside a list, by index or by the `name` of a list item (`nodes.sft.config`)."""
+    if isinstance(node, list):
+        if key.isdigit() and int(key) < len(node):
+            return node, int(key)
+        named = [i for i, item in enumerate(node) if isinstance(item, dict) and item.get("name") == key]
+        return (node, named[0]) if named else (None, None)
+    return node, key
+
+
 def _set_dotted(tree: dict, dotted: str, value: Any, source: str) -> None:
     keys = dotted.split(".")
     node = tree
     for i, key in enumerate(keys[:-1]):
-        child = node.setdefault(key, {})
-        if not isinstance(child, dict):
+        node, key = _child(node, key)
+        if node is None:
+            raise ConfigError(f"{source}: key '{'.'.join(keys[: i + 1])}': no such list item")
+        if isinstance(node, dict):
+            node.setdefault(key, {})
+        child = node[key]
+        if not isinstance(child, dict | list):
             raise ConfigError(f"{source}: key '{'.'.join(keys[: i + 1])}' is a value, not a section")
         node = child
-    node[keys[-1]] = value
+    node, key = _child(node, keys[-1])
+    if node is None:
+        raise ConfigError(f"{source}: key '{dotted}': no such list item")
+    node[key] = value
 
 
 def apply_overrides(tree: dict, overrides: Iterable[str], source: str = "command line") -> dict:

@@ -120,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", help="where datasets, runs and reports go")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(handler=_cmd_demo)
+
+    from pipelines import cli_runs
+
+    cli_runs.add_commands(top, _parser_with_examples)
     return parser
 
 
@@ -210,6 +214,13 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args)
     except (ConfigError, DataError, TokenizerError, ChatFormatError, CheckpointError) as exc:
         print("error: " + textwrap.indent(str(exc), "  ").lstrip(), file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:
+        from pipelines.cli_runs import handles
+
+        if not handles(exc):
+            raise
+        print("error: " + textwrap.indent(str(exc).strip("'\""), "  ").lstrip(), file=sys.stderr)
         return EXIT_USAGE
 
 

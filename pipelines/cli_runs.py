@@ -1,0 +1,148 @@
+"""`llada run | resume | status | ls | lineage`: the durable pipeline's command line."""
+
+from __future__ import annotations
+
+import json
+
+from pipelines.run_store import RunStore
+
+EXIT_FAILED = 1
+
+
+def add_commands(top, parser_with_examples) -> None:
+    p = parser_with_examples(top, "run", "run a recipe as a durable, cache-aware DAG on Ray", [
+        "llada run tiny-cpu", "llada run tiny-cpu sft.steps=50 --from-stage sft", "llada run my-recipe.yaml --no-cache",
+    ])
+    p.add_argument("recipe", help="recipe name (pipelines/recipes/NAME.yaml) or a YAML path")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides, e.g. sft.steps=100")
+    p.add_argument("--run-id", help="name the run (default: RECIPE-DATE-TIME-RANDOM)")
+    p.add_argument("--no-cache", action="store_true", help="run every node even if a cached result exists")
+    p.add_argument("--from-stage", metavar="NODE", help="re-run NODE and everything downstream of it")
+    p.set_defaults(handler=_cmd_run)
+
+    store_help = "run store directory or s3:// URI (default: $LLADA_STORE or work/store)"
+    p = parser_with_examples(top, "resume", "finish an interrupted or failed run (finished nodes never run again)",
+                             ["llada resume tiny-cpu-20261123-101500-ab12cd"])
+    p.add_argument("run_id")
+    p.add_argument("--store", help=store_help)
+    p.set_defaults(handler=_cmd_resume)
+
+    p = parser_with_examples(top, "status", "each node's state, cache key, attempts, duration, MLflow run, outputs",
+                             ["llada status RUN_ID", "llada status RUN_ID --json"])
+    p.add_argument("run_id")
+    p.add_argument("--store", help=store_help)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_cmd_status)
+
+    p = parser_with_examples(top, "ls", "list the runs of a run store", ["llada ls", "llada ls --store s3://bucket/llada"])
+    p.add_argument("--store", help=store_help)
+    p.set_defaults(handler=_cmd_ls)
+
+    p = parser_with_examples(top, "lineage", "what produced a run's final artifacts, or a given artifact", [
+        "llada lineage RUN_ID", "llada lineage work/artifacts/RUN_ID/export/hf --json",
+    ])
+    p.add_argument("target", help="a run id, or an artifact URI written by a node")
+    p.add_argument("--store", help=store_help)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_cmd_lineage)
+
+
+def _store(args) -> RunStore:
+    from pipelines.runs import DEFAULT_STORE
+
+    return RunStore(args.store or DEFAULT_STORE)
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _finish(store_root: str, run_id: str, records: dict) -> int:
+    failed = [n for n, r in records.items() if r["state"] == "FAILED"]
+    pending = [n for n, r in records.items() if r["state"] == "PENDING"]
+    print(f"\nrun {run_id}: " + ("FAILED: " + ", ".join(failed) if failed else "all nodes finished")
+          + (f"; not run (upstream failed): {', '.join(pending)}" if pending else ""))
+    print(f"  llada status {run_id} --store {store_root}")
+    return EXIT_FAILED if failed or pending else 0
+
+
+def _cmd_run(args) -> int:
+    from pipelines import runs
+
+    run_id, store_root, records = runs.start(args.recipe, args.overrides, run_id=args.run_id, no_cache=args.no_cache,
+                                             from_stage=args.from_stage, say=_say)
+    return _finish(store_root, run_id, records)
+
+
+def _cmd_resume(args) -> int:
+    from pipelines import runs
+
+    store = _store(args)
+    return _finish(store.root, args.run_id, runs.resume(store.root, args.run_id, say=_say))
+
+
+def status_rows(store: RunStore, run_id: str) -> list[dict]:
+    from pipelines import dag
+
+    run = store.run(run_id)
+    nodes = dag.from_json(run["nodes"])
+    rows = []
+    states = {n.name: store.node(run_id, n.name) for n in nodes}
+    for node in nodes:
+        rec = states[node.name]
+        blocked = [u for u in node.upstream() if states[u]["state"] in ("FAILED", "PENDING")] if rec["state"] == "PENDING" else []
+        rows.append({"node": node.name, "state": rec["state"], "cache_key": rec.get("cache_key"), "attempts": rec.get("attempts", 0),
+                     "seconds": rec.get("seconds"), "started": rec.get("started"), "ended": rec.get("ended"),
+                     "mlflow_run_id": rec.get("mlflow_run_id"), "outputs": rec.get("outputs", {}),
+                     "cached_from": rec.get("cached_from"), "waiting_on": blocked,
+                     "error": rec.get("error"), "traceback": rec.get("traceback")})
+    return rows
+
+
+def _cmd_status(args) -> int:
+    store = _store(args)
+    rows = status_rows(store, args.run_id)
+    if args.json:
+        print(json.dumps({"run_id": args.run_id, "run": store.run(args.run_id), "nodes": rows}, indent=2, default=str))
+        return 0
+    print(f"run {args.run_id}  store {store.root}")
+    print(f"{'node':<18}{'state':<16}{'tries':>5}{'seconds':>9}  {'cache key':<14}{'mlflow run':<34}outputs")
+    for r in rows:
+        outs = ", ".join(f"{k}={v['uri']}" for k, v in r["outputs"].items())
+        print(f"{r['node']:<18}{r['state']:<16}{r['attempts']:>5}{r['seconds'] or '':>9}  {str(r['cache_key'])[:12]:<14}"
+              f"{str(r['mlflow_run_id'] or ''):<34}{outs}")
+        if r["waiting_on"]:
+            print(f"{'':<18}waiting on {', '.join(r['waiting_on'])}")
+        if r["error"]:
+            print(f"{'':<18}error: {r['error']}")
+            print("\n".join(f"{'':<20}{line}" for line in (r["traceback"] or "").strip().splitlines()[-8:]))
+    return 0
+
+
+def _cmd_ls(args) -> int:
+    store = _store(args)
+    for run_id in store.runs():
+        doc = store.read(("runs", run_id, "run.json")) or {}
+        print(f"{run_id:<48}{doc.get('recipe', '?'):<16}{doc.get('created', '')}")
+    return 0
+
+
+def _cmd_lineage(args) -> int:
+    from pipelines.lineage import find_artifact, format_lineage, lineage
+
+    store = _store(args)
+    if store.read(("runs", args.target, "run.json")):
+        doc = lineage(store, args.target)
+    else:
+        run_id, node = find_artifact(store, args.target)
+        doc = lineage(store, run_id, node)
+    print(json.dumps(doc, indent=2, default=str) if args.json else format_lineage(doc))
+    return 0
+
+
+def handles(exc: BaseException) -> bool:
+    from pipelines.dag import DagError
+    from pipelines.run_store import LockedError
+
+    return isinstance(exc, DagError | LockedError | KeyError)
+

@@ -1,0 +1,220 @@
+"""Runs a DAG durably on Ray: each node is a Ray task (its heavy work - Ray Data, a Ray Train worker
+group - is scheduled by the stage itself), independent nodes run concurrently, every state change
+is written to the run store before the next thing happens, and MLflow gets one child run per node.
+
+A node is reused (never re-run) when a SUCCEEDED record with the same cache key exists - in this run
+or any earlier one - and its outputs are still there with the recorded digests. A failed node stops
+its dependents only; independent branches finish. `resume` = the same loop over a stored run.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import ray
+
+from llada_core.cluster import ensure_ray
+from llada_core.version import code_version
+from pipelines import dag
+from pipelines.run_store import DONE, RunStore, artifact_digest, now
+from pipelines.tracking import Tracker, flatten, redact
+
+
+@dataclass
+class NodeContext:
+    """What a stage function gets besides its config."""
+
+    run_id: str
+    node: str
+    cache_key: str
+    out_dir: str  # this node's output directory (local path or s3:// URI)
+    train_storage: str  # Ray Train storage_path for training nodes (in the run store)
+    tracking_uri: str
+    mlflow_run: str
+    info: dict = field(default_factory=dict)  # stage facts kept on the node record (e.g. first step)
+    _client: object = None
+    _last_step: int | None = None
+
+    def _tracker(self):
+        if self._client is None:
+            from mlflow import MlflowClient
+            self._client = MlflowClient(self.tracking_uri)
+        return self._client
+
+    def log_metrics(self, step: int, metrics: dict) -> None:
+        """Per-step metrics into the node's MLflow run. Steps already logged by an interrupted
+        attempt (redone after restoring an older checkpoint) are skipped: no duplicates, no gap."""
+        from pipelines.tracking import metric_name
+
+        if self._last_step is None:
+            history = self._tracker().get_metric_history(self.mlflow_run, "loss")
+            self._last_step = max((m.step for m in history), default=0)
+        if step <= self._last_step:
+            return
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        items = [Metric(metric_name(k), float(v), ts, step) for k, v in metrics.items()
+                 if isinstance(v, int | float) and not isinstance(v, bool)]
+        self._tracker().log_batch(self.mlflow_run, metrics=items)
+        self._last_step = step
+
+    def log_artifacts(self, local_dir: str, artifact_path: str) -> None:
+        self._tracker().log_artifacts(self.mlflow_run, local_dir, artifact_path)
+
+
+def _execute_node(stage_path: str, config: dict, ctx: NodeContext) -> dict:
+    """Runs inside a Ray task. Returns {"outputs": {name: {uri, digest}}, "info": {...}}."""
+    os.environ.pop("MLFLOW_RUN_ID", None)  # never let an inherited run id redirect logging
+    stage = dag.load_stage(stage_path)
+    outputs = stage.fn(stage.config.model_validate(config), ctx)
+    missing = sorted(set(stage.outputs) - set(outputs))
+    if missing:
+        raise RuntimeError(f"stage {stage_path} returned no output(s) {missing}")
+    described = {}
+    for name, uri in outputs.items():
+        digest = artifact_digest(uri)
+        if digest is None:
+            raise RuntimeError(f"stage {stage_path}: output {name!r} at {uri} does not exist or is empty")
+        described[name] = {"uri": uri, "digest": digest}
+    return {"outputs": described, "info": ctx.info}
+
+
+@dataclass
+class Options:
+    no_cache: bool = False
+    force: set[str] = field(default_factory=set)  # nodes that must run (--from-stage and descendants)
+    max_parallel: int = 4
+
+
+class Executor:
+    def __init__(self, store: RunStore, run_id: str, tracker: Tracker, artifact_root: str,
+                 say: Callable[[str], None] = print):
+        self.store, self.run_id, self.tracker, self.say = store, run_id, tracker, say
+        self.artifact_root = artifact_root
+        self.run_doc = store.run(run_id)
+        self.nodes = dag.validate(dag.from_json(self.run_doc["nodes"]))
+        self.by_name = {n.name: n for n in self.nodes}
+
+    def execute(self, opts: Options) -> dict[str, dict]:
+        with self.store.lock(self.run_id):
+            ensure_ray()
+            parent = self.tracker.parent_run(self.run_id, {"llada.recipe": self.run_doc["recipe"], **_code_tags()})
+            self.run_doc |= {"mlflow_parent_run": parent, "ray_job_id": ray.get_runtime_context().get_job_id()}
+            self.store.write_run(self.run_id, self.run_doc)
+            self.tracker.log_params(parent, flatten(self.run_doc.get("recipe_config", {})))
+            records = {n.name: self.store.node(self.run_id, n.name) for n in self.nodes}
+            running: dict[ray.ObjectRef, str] = {}
+            while True:
+                for node in self.nodes:
+                    rec = records[node.name]
+                    if node.name in running.values() or rec.get("_settled") or len(running) >= opts.max_parallel:
+                        continue
+                    ups = [records[u] for u in node.upstream()]
+                    if any(u.get("_settled") in ("blocked", "failed") for u in ups):
+                        rec["_settled"] = "blocked"
+                        continue
+                    if not all(u.get("_settled") == "done" for u in ups):
+                        continue
+                    ref = self._start(node, rec, records, opts)
+                    if ref is not None:
+                        running[ref] = node.name
+                if not running:
+                    break
+                ready, _ = ray.wait(list(running), num_returns=1)
+                name = running.pop(ready[0])
+                self._finish(self.by_name[name], records[name], ready[0])
+            self.tracker.end(parent, "FAILED" if any(r["state"] == "FAILED" for r in records.values()) else "FINISHED")
+            return {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")} for k, v in records.items()}
+
+    # -- one node -------------------------------------------------------------------------------
+    def _inputs(self, node: dag.Node, records: dict) -> tuple[dict[str, str], dict[str, str]]:
+        uris, digests = {}, {}
+        for up, output in node.refs():
+            out = records[up]["outputs"][output]
+            uris[f"${{{up}.{output}}}"], digests[f"{up}.{output}"] = out["uri"], out["digest"]
+        return uris, digests
+
+    def _start(self, node: dag.Node, rec: dict, records: dict, opts: Options) -> ray.ObjectRef | None:
+        stage = dag.load_stage(node.stage)
+        uris, digests = self._inputs(node, records)
+        key = dag.cache_key(node, stage, digests)
+        forced = node.name in opts.force
+        from pipelines.run_store import outputs_intact
+
+        if rec["state"] in DONE and rec.get("cache_key") == key and not forced and outputs_intact(rec["outputs"]):
+            rec["_settled"] = "done"  # finished earlier in this run: never run again
+            return None
+        hit = None if (forced or opts.no_cache) else self.store.cache_get(key)
+        tags = {"llada.cache_key": key, "llada.stage": node.stage,
+                "llada.upstream_runs": ",".join(records[u].get("mlflow_run_id", "") for u in node.upstream()), **_code_tags()}
+        mlflow_run = self.tracker.child_run(self.run_doc["mlflow_parent_run"], self.run_id, node.name, tags)
+        rec |= {"cache_key": key, "mlflow_run_id": mlflow_run, "inputs": {k: v for k, v in digests.items()},
+                "stage": node.stage}
+        if hit:
+            rec |= {"state": "SKIPPED-CACHED", "outputs": hit["outputs"], "cached_from": hit["source"],
+                    "ended": now(), "_settled": "done", "error": None}
+            self.store.write_node(self.run_id, _public(rec))
+            self.tracker.set_tags(mlflow_run, {"llada.state": "SKIPPED-CACHED", "llada.cached_from": str(hit["source"])})
+            self.tracker.end(mlflow_run, "FINISHED")
+            self.say(f"[{node.name}] cached (from {hit['source']['run_id']})")
+            return None
+        # recomputed outputs are new artifacts: whatever was built on the old ones is recomputed too
+        opts.force |= dag.descendants(self.nodes, {node.name}) - {node.name}
+        out_dir = "/".join([self.artifact_root.rstrip("/"), self.run_id, node.name])
+        resolved = dag.substitute(node.config, lambda ref: out_dir if ref == dag.OUT else uris.get(ref))
+        self.tracker.log_params(mlflow_run, flatten(node.config))
+        if rec.get("attempts", 0) == 0:
+            for ref, uri in uris.items():
+                up, output = ref[2:-1].split(".")
+                self.tracker.log_dataset(mlflow_run, f"{up}.{output}", uri, records[up]["outputs"][output]["digest"],
+                                         context=output)
+        attempts = rec.get("attempts", 0) + 1
+        rec |= {"state": "RUNNING", "attempts": attempts, "started": now(), "ended": None, "error": None,
+                "traceback": None, "outputs": {}, "config": resolved}
+        self.store.write_node(self.run_id, _public(rec))
+        self.tracker.set_tags(mlflow_run, {"llada.state": "RUNNING", "llada.attempts": str(attempts)})
+        self.say(f"[{node.name}] running (attempt {attempts})")
+        ctx = NodeContext(self.run_id, node.name, key, out_dir, self.store.uri("runs", self.run_id, "train"),
+                          self.tracker.tracking_uri, mlflow_run)
+        task = ray.remote(_execute_node).options(num_cpus=stage.num_cpus, max_retries=0, name=f"llada:{node.name}")
+        rec["_t0"] = time.time()
+        return task.remote(node.stage, resolved, ctx)
+
+    def _finish(self, node: dag.Node, rec: dict, ref: ray.ObjectRef) -> None:
+        seconds = round(time.time() - rec.pop("_t0"), 2)
+        try:
+            result = ray.get(ref)
+        except Exception as exc:  # the stage's exception, wrapped by Ray
+            cause = getattr(exc, "cause", None) or exc
+            rec |= {"state": "FAILED", "ended": now(), "seconds": seconds, "_settled": "failed",
+                    "error": redact(f"{type(cause).__name__}: {cause}")[:2000],
+                    "traceback": redact("".join(traceback.format_exception(exc)))[-20000:]}
+            self.store.write_node(self.run_id, _public(rec))
+            self.tracker.set_tags(rec["mlflow_run_id"], {"llada.state": "FAILED", "llada.error": rec["error"][:500]})
+            self.tracker.end(rec["mlflow_run_id"], "FAILED")
+            self.say(f"[{node.name}] FAILED after {seconds}s: {rec['error'].splitlines()[0][:300]}")
+            return
+        rec |= {"state": "SUCCEEDED", "ended": now(), "seconds": seconds, "outputs": result["outputs"],
+                "info": result["info"], "_settled": "done"}
+        self.store.write_node(self.run_id, _public(rec))
+        self.store.cache_put(rec["cache_key"], {"outputs": result["outputs"], "source": {"run_id": self.run_id, "node": node.name},
+                                                "created": now()})
+        out_tags = {f"llada.output.{k}": v["uri"] for k, v in result["outputs"].items()}
+        out_tags |= {f"llada.output.{k}.digest": v["digest"] for k, v in result["outputs"].items()}
+        self.tracker.set_tags(rec["mlflow_run_id"], out_tags | {"llada.state": "SUCCEEDED", "llada.seconds": str(seconds)})
+        self.tracker.end(rec["mlflow_run_id"], "FINISHED")
+        self.say(f"[{node.name}] succeeded in {seconds}s")
+
+
+def _public(rec: dict) -> dict:
+    return {k: v for k, v in rec.items() if not k.startswith("_")}
+
+
+def _code_tags() -> dict[str, str]:
+    v = code_version()
+    return {"llada.git_sha": str(v["git_sha"]), "llada.git_dirty": str(v["git_dirty"]), "llada.package": v["package"]}

@@ -1,0 +1,110 @@
+"""Pipeline runs: start a recipe, resume a run, and the settings every recipe shares.
+
+A recipe file either lists its `nodes:` explicitly (a plain DAG of stages) or is a LLaDA recipe
+config (pipelines/recipes/*.yaml) whose nodes `pipelines.llada2_recipe.build_nodes` derives.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from llada_core.config import StrictModel, canonical_json, load_config
+from llada_core.version import code_version
+from pipelines import dag
+from pipelines.executor import Executor, Options
+from pipelines.run_store import RunStore, new_run_id, now
+from pipelines.tracking import Tracker, default_tracking_uri
+
+DEFAULT_STORE = os.environ.get("LLADA_STORE", "work/store")
+
+
+class NodeSpec(StrictModel):
+    name: str
+    stage: str
+    config: dict[str, Any] = {}
+    after: list[str] = []
+
+
+class GraphRecipe(StrictModel):
+    """A recipe that spells out its nodes (tests, custom pipelines)."""
+
+    name: str
+    workdir: str = "work"
+    store: str | None = None
+    artifact_root: str | None = None
+    tracking_uri: str | None = None
+    experiment: str | None = None
+    nodes: list[NodeSpec]
+
+
+def settings(cfg) -> dict:
+    """Where a recipe's run store, artifacts and MLflow live (defaults inside its workdir)."""
+    work = cfg.workdir
+    return {"store": cfg.store or str(Path(work) / "store"),
+            "artifact_root": cfg.artifact_root or str(Path(work).resolve() / "artifacts"),
+            "tracking_uri": cfg.tracking_uri or default_tracking_uri(work),
+            "experiment": cfg.experiment or f"llada-{cfg.name}"}
+
+
+def load(recipe: str, overrides: list[str] = ()) -> tuple[Any, list[dag.Node]]:
+    from pipelines.recipe_config import RecipeConfig, recipe_path
+
+    path = recipe_path(recipe)
+    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    if isinstance(raw, dict) and "nodes" in raw:
+        cfg = load_config(GraphRecipe, path, overrides=overrides)
+        nodes = [dag.Node(n.name, n.stage, n.config, list(n.after)) for n in cfg.nodes]
+    else:
+        from pipelines.llada2_recipe import build_nodes
+
+        cfg = load_config(RecipeConfig, path, overrides=overrides)
+        nodes = build_nodes(cfg)
+    return cfg, dag.validate(nodes)  # a bad recipe fails here, before anything runs
+
+
+def _executor(store: RunStore, run_id: str, say) -> Executor:
+    doc = store.run(run_id)
+    tracker = Tracker(doc["tracking_uri"], doc["experiment"], doc.get("mlflow_artifact_location"))
+    return Executor(store, run_id, tracker, doc["artifact_root"], say=say)
+
+
+def start(recipe: str, overrides: list[str] = (), run_id: str | None = None, no_cache: bool = False,
+          from_stage: str | None = None, say: Callable[[str], None] = print) -> tuple[str, str, dict]:
+    cfg, nodes = load(recipe, overrides)
+    where = settings(cfg)
+    if from_stage and from_stage not in {n.name for n in nodes}:
+        raise dag.DagError(f"--from-stage {from_stage!r}: no such node (nodes: {[n.name for n in nodes]})")
+    store = RunStore(where["store"])
+    run_id = run_id or new_run_id(cfg.name)
+    existing = store.read(("runs", run_id, "run.json"))
+    if existing and existing["nodes"] != dag.to_json(nodes):
+        raise dag.DagError(f"run {run_id} exists with a different recipe; use a new --run-id or `llada resume {run_id}`")
+    doc = existing or {"run_id": run_id, "recipe": cfg.name, "recipe_config": _jsonable(cfg), "nodes": dag.to_json(nodes),
+                       "created": now(), "code_version": code_version(), **where}
+    doc["options"] = {"no_cache": no_cache, "from_stage": from_stage}
+    store.write_run(run_id, doc)
+    for node in nodes:
+        if not existing:
+            store.write_node(run_id, store.node(run_id, node.name))
+    force = dag.descendants(nodes, {from_stage}) if from_stage else set()
+    records = _executor(store, run_id, say).execute(Options(no_cache=no_cache, force=force))
+    return run_id, where["store"], records
+
+
+def resume(store_root: str, run_id: str, say: Callable[[str], None] = print) -> dict:
+    """Finish a run: SUCCEEDED nodes are kept, failed or interrupted ones run again (training
+    nodes continue from their latest checkpoint)."""
+    store = RunStore(store_root)
+    opts = store.run(run_id).get("options", {})
+    return _executor(store, run_id, say).execute(Options(no_cache=bool(opts.get("no_cache"))))
+
+
+def _jsonable(cfg) -> dict:
+    import json
+
+    return json.loads(canonical_json(cfg))
