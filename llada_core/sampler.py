@@ -107,6 +107,8 @@ def _decode(model, seq, start, max_new_tokens, mask_id, stops, block_size, thres
             seq[0, pos:block_end] = torch.where(accept, choice, seq[0, pos:block_end])
             passes += 1
             steps += 1
+            if _finished(seq[0, pos:block_end].tolist(), stops, mask_id):
+                break  # a stop token with everything before it decoded: the rest is never read
         steps_per_block.append(steps)
         block = seq[0, pos:block_end].tolist()
         hit = next((i for i, t in enumerate(block) if t in stops), None)
@@ -114,6 +116,15 @@ def _decode(model, seq, start, max_new_tokens, mask_id, stops, block_size, thres
             return DecodeResult(seq[0, start : pos + hit + 1].tolist(), passes, steps_per_block, processed)
         pos = block_end
     return DecodeResult(seq[0, start : start + max_new_tokens].tolist(), passes, steps_per_block, processed)
+
+
+def _finished(block: list[int], stops: set[int], mask_id: int) -> bool:
+    for token in block:
+        if token == mask_id:
+            return False
+        if token in stops:
+            return True
+    return False
 
 
 def generate_text(model, tok, prompt: str | list[dict], **kw) -> tuple[str, DecodeResult]:

@@ -33,9 +33,55 @@ class InstructData(StrictModel):
     val_fraction: float = Field(0.05, ge=0.0, lt=1.0)
 
 
+class Training(StrictModel):
+    """Shared by every training node of the recipe."""
+
+    model: str = "tiny"  # preset of the AR base trained from scratch (ignored with base.hf_checkpoint)
+    model_overrides: list[str] = []
+    max_failures: int = Field(2, ge=0)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    use_gpu: bool = False
+    checkpoint_every: int = Field(50, ge=1)
+
+
+class Base(StrictModel):
+    hf_checkpoint: str | None = None  # an AR HF checkpoint dir to import; None = AR-pretrain the preset
+    steps: int = Field(100, ge=1)
+    micro_batch: int = Field(8, ge=1)
+    lr: float = Field(2e-3, gt=0)
+
+
+class CPT(StrictModel):
+    micro_batch: int = Field(8, ge=1)  # tokens per step = micro_batch * grad_accum * dp * seq_len
+    grad_accum: int = Field(1, ge=1)
+    merge_top_k: int = Field(3, ge=1)  # after decay: average the k best decay checkpoints (val ELBO)
+    candidates_every: int = Field(10, ge=1)  # decay-phase checkpoint (and merge candidate) interval
+
+
+class Finetune(StrictModel):
+    steps: int = Field(ge=1)
+    micro_batch: int = Field(16, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    min_lr: float = Field(1e-4, ge=0)
+    block_size: int = Field(32, ge=1)
+
+
+class Evaluation(StrictModel):
+    n_tasks: int = Field(100, ge=1)
+    threshold: float = Field(0.95, ge=0, le=1)
+    sweep: list[float] = [0.5, 0.7, 0.9, 0.95]
+    block_size: int = Field(32, ge=1)
+    max_rows: int = Field(32, ge=1)
+
+
 class RecipeConfig(StrictModel):
     name: str
     workdir: str = "work"
+    store: str | None = None  # run store (local dir or s3://); default WORKDIR/store
+    artifact_root: str | None = None  # node outputs; default WORKDIR/artifacts
+    tracking_uri: str | None = None  # MLflow; default $MLFLOW_TRACKING_URI or sqlite in WORKDIR
+    experiment: str | None = None
     seed: int = 0
     seq_len: int = Field(ge=2)
     num_workers: int = Field(2, ge=1)  # Ray Data tokenizer actors
@@ -43,6 +89,13 @@ class RecipeConfig(StrictModel):
     instruct: InstructData = InstructData()
     schedule: WSDConfig
     parallel: ParallelLayout = ParallelLayout()
+    training: Training = Training()
+    base: Base = Base()
+    cpt: CPT = CPT()
+    sft: Finetune = Finetune(steps=100)
+    cap: Finetune = Finetune(steps=50)
+    dpo: Finetune = Finetune(steps=50, lr=2e-4, micro_batch=8)
+    eval: Evaluation = Evaluation()
 
     @model_validator(mode="before")
     @classmethod

@@ -49,7 +49,23 @@ def _worker_loop(config: dict) -> None:
             local = tempfile.mkdtemp(prefix=f"llada-ckpt-{rank}-")
             trainer.save_shards(local)
             checkpoint = ray.train.Checkpoint.from_directory(local)
+            if config.get("candidates"):  # consolidated copies for the top-k merge (redone steps: same weights)
+                _export(trainer, os.path.join(config["candidates"], f"step-{trainer.step:07d}"))
         ray.train.report(metrics | {"step": trainer.step}, checkpoint=checkpoint)
+    if config.get("export"):
+        _export(trainer, config["export"])
+
+
+def _export(trainer, out: str) -> None:
+    """The consolidated checkpoint the next stage starts from; an older copy (a redone step) is replaced."""
+    import shutil
+
+    import torch.distributed as dist
+
+    if dist.get_rank() == 0 and os.path.exists(out):
+        shutil.rmtree(out)
+    dist.barrier()
+    trainer.save_consolidated(out, storage.join(trainer.cfg.data, "tokenizer"))
 
 
 class _ForwardMetrics(UserCallback):
@@ -91,8 +107,10 @@ def preflight(cfg: StageConfig) -> None:
 
 def run_stage(cfg: StageConfig, storage_path: str, max_failures: int = 0, use_gpu: bool = False,
               cpus_per_worker: float = 1.0, fault: dict | None = None,
-              on_metrics: Callable[[int, dict], None] | None = None, progress: bool = True) -> ray.train.Result:
-    """Run (or resume: same name + storage_path) a stage on the connected Ray cluster.
+              on_metrics: Callable[[int, dict], None] | None = None, progress: bool = True,
+              export: str | None = None, candidates: str | None = None) -> ray.train.Result:
+    """Run (or resume: same name + storage_path) a stage on the connected Ray cluster; at the end
+    write the consolidated checkpoint `export` (and one under `candidates` per checkpoint step).
     Every step's metrics reach `on_metrics(step, metrics)` on the driver (steps redone after a
     restart are reported again) and a progress bar on stderr. `fault` = {"rank", "step", "marker"}
     kills that worker once at that step (chaos testing)."""
@@ -104,7 +122,7 @@ def run_stage(cfg: StageConfig, storage_path: str, max_failures: int = 0, use_gp
         consumer.start()
     trainer = TorchTrainer(
         _worker_loop,
-        train_loop_config={"stage": canonical_json(cfg), "fault": fault},
+        train_loop_config={"stage": canonical_json(cfg), "fault": fault, "export": export, "candidates": candidates},
         scaling_config=ScalingConfig(num_workers=cfg.layout.world_size, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cpus_per_worker}),
         run_config=RunConfig(

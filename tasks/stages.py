@@ -1,0 +1,179 @@
+"""The recipe's stages as DAG nodes (pipelines/dag.py). Each wraps a task or llada_core entry point:
+its config is that task's config, `out` is the node's output directory, and it returns its outputs.
+Stages are re-runnable: a node re-run after an interruption replaces its partial outputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from pydantic import Field
+
+from llada_core import storage
+from llada_core.config import StrictModel
+from llada_core.trainer.config import StageConfig
+from pipelines.dag import Stage
+from tasks import prepare_data, prepare_instruct
+
+
+class MakeTasksConfig(StrictModel):
+    out: str
+    n: int = Field(4000, ge=8)
+    seed: int = 0
+    eval_fraction: float = Field(0.1, gt=0, lt=1)
+
+
+def _make_tasks(cfg: MakeTasksConfig, ctx) -> dict:
+    from llada_core.data.synthetic import write_task_files
+
+    write_task_files(cfg.out, cfg.n, cfg.seed, cfg.eval_fraction)
+    return {"tasks": cfg.out}
+
+
+def _prepare_pretrain(cfg: prepare_data.PrepareDataConfig, ctx) -> dict:
+    prepare_data.run(cfg.model_copy(update={"overwrite": True}))
+    return {"dataset": cfg.out}
+
+
+def _prepare_instruct(cfg: prepare_instruct.PrepareInstructConfig, ctx) -> dict:
+    prepare_instruct.run(cfg.model_copy(update={"overwrite": True}))
+    return {"dataset": cfg.out}
+
+
+class TrainConfig(StrictModel):
+    stage: StageConfig  # data / init_checkpoint / reference_checkpoint: upstream outputs
+    out: str
+    max_failures: int = Field(2, ge=0)  # worker-group restarts from the latest registered checkpoint
+    cpus_per_worker: float = Field(1.0, gt=0)
+    use_gpu: bool = False
+
+
+def _train(cfg: TrainConfig, ctx, candidates: bool = False) -> dict:
+    """A Ray Train worker group under the run store; after an interruption the node's next attempt
+    (same cache key -> same Ray Train run name) continues from the latest registered checkpoint."""
+    from llada_core.trainer.ray_launch import run_stage
+
+    stage = cfg.stage.model_copy(update={"name": f"{ctx.node}-{ctx.cache_key[:12]}"})
+    steps = []
+
+    def on_metrics(step: int, metrics: dict) -> None:
+        steps.append(step)
+        ctx.log_metrics(step, metrics)
+
+    outs = {"checkpoint": storage.join(cfg.out, "checkpoint")}
+    if candidates:
+        outs["candidates"] = storage.join(cfg.out, "candidates")
+    run_stage(stage, ctx.train_storage, max_failures=cfg.max_failures, use_gpu=cfg.use_gpu,
+              cpus_per_worker=cfg.cpus_per_worker, on_metrics=on_metrics, progress=False,
+              export=outs["checkpoint"], candidates=outs.get("candidates"))
+    ctx.info |= {"first_step": steps[0] if steps else None, "last_step": steps[-1] if steps else None}
+    return outs
+
+
+class MergeConfig(StrictModel):
+    candidates: str  # a directory of consolidated checkpoints (step-*)
+    dataset: str  # pretraining dataset: the validation split ranks the candidates
+    out: str
+    k: int = Field(3, ge=1)
+    block_size: int = Field(32, ge=1)
+    max_rows: int = Field(32, ge=1)
+
+
+def _merge(cfg: MergeConfig, ctx) -> dict:
+    """Top-k merge (recipe, after CPT): rank the candidates by validation ELBO perplexity."""
+    from llada_core.evaluate import elbo_perplexity, load_model
+    from llada_core.merge import merge_top_k
+
+    scores = {}
+    for i, path in enumerate(sorted(str(p) for p in Path(cfg.candidates).glob("step-*"))):
+        model, _ = load_model(path)
+        scores[path] = elbo_perplexity(model, cfg.dataset, "val", cfg.block_size, cfg.max_rows)
+        ctx.log_metrics(i + 1, {"candidate_val_ppl": scores[path]})
+    out = storage.join(cfg.out, "checkpoint")
+    shutil.rmtree(out, ignore_errors=True)
+    meta = merge_top_k(scores, out, k=cfg.k)
+    ctx.info |= {"merged_from": meta["merged_from"]}
+    return {"checkpoint": out}
+
+
+class EvalConfig(StrictModel):
+    models: dict[str, str]  # label -> consolidated checkpoint, in recipe order
+    pretrain: str  # dataset: ELBO perplexity on its val split
+    tasks: str  # directory with sft_eval.jsonl (held-out verifiable tasks)
+    dpo: str  # dataset: preference accuracy on its val split
+    decode_models: list[str] = ["sft", "cap", "dpo"]  # labels evaluated with the parallel decoder
+    preference_models: list[str] = ["cap", "dpo"]
+    out: str
+    block_size: int = Field(32, ge=1)
+    threshold: float = Field(0.95, ge=0, le=1)
+    sweep: list[float] = [0.5, 0.7, 0.9, 0.95]
+    n_tasks: int = Field(100, ge=1)
+    max_rows: int = Field(32, ge=1)
+
+
+def _eval(cfg: EvalConfig, ctx) -> dict:
+    from llada_core.evaluate import elbo_perplexity, load_model, preference_accuracy, task_accuracy
+
+    results: dict[str, dict] = {}
+    tasks = str(Path(cfg.tasks) / "sft_eval.jsonl")
+    for i, (label, path) in enumerate(cfg.models.items()):
+        model, tok = load_model(path)
+        r = {"elbo_ppl": elbo_perplexity(model, cfg.pretrain, "val", cfg.block_size, cfg.max_rows)}
+        if label in cfg.decode_models:
+            r["tasks"] = task_accuracy(model, tok, tasks, cfg.n_tasks, cfg.threshold, cfg.block_size)
+            r["sweep"] = {str(t): task_accuracy(model, tok, tasks, cfg.n_tasks // 2, t, cfg.block_size) for t in cfg.sweep}
+        if label in cfg.preference_models:
+            r["preference_accuracy"] = preference_accuracy(model, cfg.dpo, "val", cfg.block_size, cfg.max_rows * 2)
+        results[label] = r
+        flat = {f"{label}.elbo_ppl": r["elbo_ppl"]}
+        if "tasks" in r:
+            flat |= {f"{label}.accuracy": r["tasks"]["accuracy"], f"{label}.tpf": r["tasks"]["tpf"]}
+        if "preference_accuracy" in r:
+            flat[f"{label}.preference_accuracy"] = r["preference_accuracy"]
+        ctx.log_metrics(i + 1, flat)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    storage.write_bytes(*storage.resolve(str(out / "eval.json")), json.dumps(results, indent=2).encode())
+    return {"results": str(out / "eval.json")}
+
+
+class ExportConfig(StrictModel):
+    checkpoint: str
+    out: str
+
+
+def _export_hf(cfg: ExportConfig, ctx) -> dict:
+    from tasks.model_hf import export_hf
+
+    hf = storage.join(cfg.out, "hf")
+    shutil.rmtree(hf, ignore_errors=True)
+    export_hf(cfg.checkpoint, hf)
+    return {"hf": hf}
+
+
+class ImportConfig(StrictModel):
+    hf_dir: str
+    out: str
+    add_mask_token: str | None = None
+
+
+def _import_hf(cfg: ImportConfig, ctx) -> dict:
+    from tasks.model_hf import import_hf
+
+    out = storage.join(cfg.out, "checkpoint")
+    shutil.rmtree(out, ignore_errors=True)
+    import_hf(cfg.hf_dir, out, add_mask_token=cfg.add_mask_token)
+    return {"checkpoint": out}
+
+
+make_tasks = Stage(_make_tasks, MakeTasksConfig, outputs=("tasks",))
+prepare_pretrain = Stage(_prepare_pretrain, prepare_data.PrepareDataConfig, outputs=("dataset",))
+prepare_instruct_data = Stage(_prepare_instruct, prepare_instruct.PrepareInstructConfig, outputs=("dataset",))
+train = Stage(_train, TrainConfig, outputs=("checkpoint",))
+train_with_candidates = Stage(lambda cfg, ctx: _train(cfg, ctx, candidates=True), TrainConfig,
+                              outputs=("checkpoint", "candidates"))
+merge = Stage(_merge, MergeConfig, outputs=("checkpoint",), num_cpus=1)
+evaluate = Stage(_eval, EvalConfig, outputs=("results",), num_cpus=1)
+export_hf = Stage(_export_hf, ExportConfig, outputs=("hf",), num_cpus=1)
+import_hf = Stage(_import_hf, ImportConfig, outputs=("checkpoint",), num_cpus=1)
