@@ -6,6 +6,7 @@ reports it; Ray merges the files of all workers into one checkpoint under `stora
 is never picked up. After a worker failure (`FailureConfig(max_failures)`), Ray restarts the group
 and `ray.train.get_checkpoint()` hands back the latest REGISTERED checkpoint, which may be older
 than the newest one written: the loop simply redoes those steps (they are deterministic).
+Per-step metrics go from rank 0 straight to the driver through a Ray queue, not through report().
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Callable
 
 import ray
 import ray.train
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from ray.util.queue import Queue
 
@@ -44,14 +45,16 @@ def _worker_loop(config: dict) -> None:
         if fault and rank == fault["rank"] and trainer.step == fault["step"] and not os.path.exists(fault["marker"]):
             open(fault["marker"], "w").close()  # fail once: the restarted group must get past this step
             os._exit(1)
-        checkpoint = None
+        if rank == 0 and config.get("metrics") is not None:
+            config["metrics"].put(metrics | {"step": trainer.step})
         if trainer.step % cfg.checkpoint_every == 0 or trainer.step == cfg.steps:
             local = tempfile.mkdtemp(prefix=f"llada-ckpt-{rank}-")
             trainer.save_shards(local)
-            checkpoint = ray.train.Checkpoint.from_directory(local)
             if config.get("candidates"):  # consolidated copies for the top-k merge (redone steps: same weights)
                 _export(trainer, os.path.join(config["candidates"], f"step-{trainer.step:07d}"))
-        ray.train.report(metrics | {"step": trainer.step}, checkpoint=checkpoint)
+            # report() only with checkpoints: each report waits for the controller's next poll
+            # (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s), which per step would cap a tiny model at 0.5 steps/s
+            ray.train.report(metrics | {"step": trainer.step}, checkpoint=ray.train.Checkpoint.from_directory(local))
     if config.get("export"):
         _export(trainer, config["export"])
 
@@ -66,17 +69,6 @@ def _export(trainer, out: str) -> None:
         shutil.rmtree(out)
     dist.barrier()
     trainer.save_consolidated(out, storage.join(trainer.cfg.data, "tokenizer"))
-
-
-class _ForwardMetrics(UserCallback):
-    """Runs in Ray Train's controller: forwards rank 0's metrics of every report to the driver."""
-
-    def __init__(self, queue: Queue):
-        self.queue = queue
-
-    def after_report(self, run_context, metrics, checkpoint):
-        if metrics:
-            self.queue.put(dict(metrics[0]))
 
 
 def _consume(queue: Queue, done: threading.Event, total: int, name: str, on_metrics) -> None:
@@ -122,7 +114,8 @@ def run_stage(cfg: StageConfig, storage_path: str, max_failures: int = 0, use_gp
         consumer.start()
     trainer = TorchTrainer(
         _worker_loop,
-        train_loop_config={"stage": canonical_json(cfg), "fault": fault, "export": export, "candidates": candidates},
+        train_loop_config={"stage": canonical_json(cfg), "fault": fault, "export": export, "candidates": candidates,
+                           "metrics": queue},
         scaling_config=ScalingConfig(num_workers=cfg.layout.world_size, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cpus_per_worker}),
         run_config=RunConfig(
@@ -131,7 +124,6 @@ def run_stage(cfg: StageConfig, storage_path: str, max_failures: int = 0, use_gp
             storage_filesystem=storage.s3_filesystem() if storage.is_s3(storage_path) else None,
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
-            callbacks=[_ForwardMetrics(queue)],
         ),
     )
     try:
