@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import time
 import uuid
@@ -37,7 +38,7 @@ from llada_core.parallel.setup import init_parallel
 from llada_core.trainer import optim
 from llada_core.trainer.config import StageConfig, resolve_model_config
 from llada_core.trainer.data import BatchPlan, RowStream
-from llada_core.trainer.step import TokenIds, block_size_at, cpt_micro_batch, micro_batch_loss
+from llada_core.trainer.step import TokenIds, block_size_at, cpt_micro_batch, micro_batch_loss, row_tokens
 
 STATE_FILE = "trainer_state.json"
 
@@ -88,6 +89,7 @@ class Trainer:
         self.ddp.zero_grad_buffer()
         self.opt.zero_grad()
         tokens = self.tokens_seen(self.step)
+        self._real_tokens = 0  # non-padding tokens of this rank's micro-batches
         if self.cfg.layout.pp > 1:
             losses, extra = self._pipeline_backward(tokens), {}
         else:
@@ -106,10 +108,11 @@ class Trainer:
         dist.all_reduce(loss, group=ps.get_data_parallel_group())
         self.step += 1
         elapsed = time.perf_counter() - t0
-        step_tokens = self.plan.global_batch * max(self.seq_len, 1)
+        step_tokens = self._real_tokens * self.plan.dp_size  # estimate: DP ranks read equally many rows
         metrics = {"loss": loss.item() / self.plan.dp_size, "grad_norm": norm, "lr": lr, "step_time": elapsed,
                    "tokens_per_s": step_tokens / elapsed, "samples": self.step * self.plan.global_batch,
-                   "router_load_max_over_mean": balance}
+                   "router_load_max_over_mean": balance,
+                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
         if self.cfg.objective == "cpt":
             metrics["block_size"] = block_size_at(self.cfg, tokens, self.seq_len)
         metrics |= {k: v for k, v in extra.items() if isinstance(v, int | float) and k not in metrics}
@@ -120,8 +123,9 @@ class Trainer:
         losses, extra = [], {}
         for micro in range(self.plan.grad_accum):
             positions = self.stream.micro_batch_positions(self.plan, self.step, micro, self.dp_rank)
-            out = micro_batch_loss(self.model, self.reference, self.cfg, self.stream.rows_at(positions), positions,
-                                   self.ids, self.step, tokens)
+            rows = self.stream.rows_at(positions)
+            self._real_tokens += row_tokens(rows)
+            out = micro_batch_loss(self.model, self.reference, self.cfg, rows, positions, self.ids, self.step, tokens)
             (out.loss / self.plan.grad_accum).backward()
             losses.append(out.loss.detach())
             extra = out.metrics
@@ -136,7 +140,9 @@ class Trainer:
         micro_batches = []
         for micro in range(self.plan.grad_accum):
             positions = self.stream.micro_batch_positions(self.plan, self.step, micro, self.dp_rank)
-            micro_batches.append(cpt_micro_batch(self.cfg, self.stream.rows_at(positions), positions, self.ids, tokens))
+            rows = self.stream.rows_at(positions)
+            self._real_tokens += row_tokens(rows)
+            micro_batches.append(cpt_micro_batch(self.cfg, rows, positions, self.ids, tokens))
 
         def forward_step(data_iterator, model):
             mb = next(data_iterator)

@@ -63,6 +63,15 @@ class CPTMicroBatch:
         return block_diffusion_from_logits(logits, self.x0, self.doc, self.block, self.noise)
 
 
+def row_tokens(rows: list[dict]) -> int:
+    """Real (non-padding) tokens of a micro-batch's rows: packed rows, examples or preference pairs."""
+    if rows and "doc_ids" in rows[0]:
+        return sum(sum(1 for d in r["doc_ids"] if d >= 0) for r in rows)
+    if rows and "chosen_ids" in rows[0]:
+        return sum(len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in rows)
+    return sum(len(r["input_ids"]) for r in rows)
+
+
 def packed_tensors(rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
     x0 = torch.tensor([r["input_ids"] for r in rows], dtype=torch.long)
     doc = torch.tensor([r["doc_ids"] for r in rows], dtype=torch.long)
