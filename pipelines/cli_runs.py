@@ -38,6 +38,14 @@ def add_commands(top, parser_with_examples) -> None:
     p.add_argument("--store", help=store_help)
     p.set_defaults(handler=_cmd_ls)
 
+    p = parser_with_examples(top, "plan", "validate a recipe and print its stages, tokens, layout and memory per GPU", [
+        "llada plan llada2-flash", "llada plan llada2-mini parallel.ep=16 --json",
+    ])
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_cmd_plan)
+
     p = parser_with_examples(top, "lineage", "what produced a run's final artifacts, or a given artifact", [
         "llada lineage RUN_ID", "llada lineage work/artifacts/RUN_ID/export/hf --json",
     ])
@@ -124,6 +132,15 @@ def _cmd_ls(args) -> int:
     for run_id in store.runs():
         doc = store.read(("runs", run_id, "run.json")) or {}
         print(f"{run_id:<48}{doc.get('recipe', '?'):<16}{doc.get('created', '')}")
+    return 0
+
+
+def _cmd_plan(args) -> int:
+    from pipelines.plan import format_plan, plan
+    from pipelines.recipe_config import load_recipe
+
+    p = plan(load_recipe(args.recipe, args.overrides))
+    print(json.dumps(p, indent=2) if args.json else format_plan(p))
     return 0
 
 

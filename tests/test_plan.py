@@ -1,0 +1,46 @@
+"""The GPU recipes cannot run here; they are validated: config, layout arithmetic, memory per GPU."""
+
+import json
+
+import pytest
+
+from llada_core.config import ConfigError
+from llada_core.model.config import load_preset
+from llada_core.parallel.layout import ParallelLayout
+from pipelines.cli import main
+from pipelines.plan import GiB, estimate, expert_params, plan
+from pipelines.recipe_config import load_recipe
+
+
+def test_memory_estimate_matches_a_hand_computed_case():
+    cfg = load_preset("tiny")  # 3 MoE layers x 16 experts x 3 x 128 x 64
+    assert expert_params(cfg) == 3 * 16 * 3 * 128 * 64
+    layout = ParallelLayout(world_size=8, tp=2, ep=4, etp=1)
+    est = estimate(cfg, layout, seq_len=256, micro_batch=2)
+    per_gpu = expert_params(cfg) / 4 + (cfg.total_params() - expert_params(cfg)) / 2
+    assert est.params_per_gpu == pytest.approx(per_gpu)
+    assert est.weights_grads_optimizer_gib == pytest.approx(per_gpu * 18 / GiB)
+    assert est.activations_gib == pytest.approx(34 * 512 * 2 * 128 / 2 * 4 / GiB)  # s = 2L for block diffusion
+    assert est.logits_gib == pytest.approx(2 * 512 * cfg.vocab_size / 2 * 4 / GiB)
+    assert estimate(cfg, layout, 256, 2, block_diffusion=False).activations_gib == pytest.approx(est.activations_gib / 2)
+
+
+@pytest.mark.parametrize("recipe, total_b", [("llada2-mini", 16.26), ("llada2-flash", 102.89)])
+def test_gpu_recipes_fit_80gb_per_gpu(recipe, total_b):
+    p = plan(load_recipe(recipe))
+    assert p["model"]["total_params"] / 1e9 == pytest.approx(total_b, abs=0.01)
+    trained = [n for n in p["nodes"] if "steps" in n]
+    assert [n["node"] for n in trained] == ["cpt_warmup", "cpt_stable", "cpt_decay", "sft", "cap", "dpo"]
+    assert all(n["memory_gib"] < 80 for n in trained), trained
+    assert p["cpt_tokens_per_step"] == 2**20  # 1M tokens per step on the stated layout
+    warm = next(n for n in trained if n["node"] == "cpt_warmup")
+    assert warm["tokens"] >= dict((c["phase"], c["tokens"]) for c in p["cpt_phases"])["warmup"]
+
+
+def test_plan_cli_and_bad_layouts(capsys):
+    assert main(["plan", "llada2-mini", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["dp"] == 32
+    with pytest.raises(ValueError, match="num_experts"):
+        plan(load_recipe("llada2-mini", ["parallel.ep=96", "parallel.world_size=96"]))  # 256 experts
+    with pytest.raises(ConfigError, match="parallel.world_size"):
+        load_recipe("llada2-flash", ["parallel.world_size=102"])  # tp=4
