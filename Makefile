@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/llada demo --workdir $(WORK)/demo
+	$(BIN)/llada demo
 
 test: $(STAMP)
 	$(BIN)/ruff check .
@@ -34,6 +34,9 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/data_throughput.py
 	$(BIN)/python bench/attention_step.py
+	$(BIN)/python bench/orchestration.py
+	if [ -d $(WORK)/store ]; then $(BIN)/python bench/e2e.py && $(BIN)/python bench/decoding.py; \
+	else echo "bench/e2e.py and bench/decoding.py read a finished run: make demo first"; fi
 
 clean:
 	rm -rf $(WORK) .pytest_cache

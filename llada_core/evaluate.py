@@ -76,8 +76,10 @@ def task_accuracy(model, tok, tasks_jsonl: str, n: int = 100, threshold: float =
         tokens, passes = tokens + len(result.tokens), passes + result.forward_passes
         hits, total = per_task.get(row.get("task", "?"), (0, 0))
         per_task[row.get("task", "?")] = (hits + ok, total + 1)
+    copy = sum(check_answer(r["prompt"], r["prompt"].split(": ", 1)[-1]) for r in rows)  # echo the input
     return {"accuracy": correct / max(len(rows), 1), "tpf": tokens / max(passes, 1), "tokens_per_s": tokens / max(seconds, 1e-9),
-            "n": len(rows), "per_task": {k: h / t for k, (h, t) in sorted(per_task.items())}}
+            "n": len(rows), "threshold": threshold, "copy_baseline": copy / max(len(rows), 1),
+            "per_task": {k: h / t for k, (h, t) in sorted(per_task.items())}}
 
 
 @torch.no_grad()

@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
         "llada demo", "llada demo --workdir /tmp/demo instruct.synthetic_tasks=1000",
     ])
     p.add_argument("--recipe", default="tiny-cpu", help="recipe name or YAML path")
-    p.add_argument("--workdir", help="where datasets, runs and reports go")
+    p.add_argument("--workdir", help="where the run store, artifacts, MLflow database and report go (default: work)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(handler=_cmd_demo)
 
@@ -194,13 +194,12 @@ def _cmd_config_show(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from pipelines import tiny_recipe
-    from pipelines.recipe_config import load_recipe
+    from pipelines.demo import format_summary, run_demo
 
     overrides = list(args.overrides) + ([f"workdir={args.workdir}"] if args.workdir else [])
-    cfg = load_recipe(args.recipe, overrides)
-    print(tiny_recipe.format_summary(tiny_recipe.run(cfg)))
-    return 0
+    result = run_demo(args.recipe, overrides, say=lambda m: print(m, flush=True))
+    print(format_summary(result))
+    return 0 if all(r["state"] != "FAILED" for r in result["records"].values()) else 1
 
 
 def main(argv: list[str] | None = None) -> int:

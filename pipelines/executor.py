@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import ray
 
+from llada_core import storage
 from llada_core.cluster import ensure_ray
 from llada_core.version import code_version
 from pipelines import dag
@@ -150,7 +151,7 @@ class Executor:
             rec["_settled"] = "done"  # finished earlier in this run: never run again
             return None
         hit = None if (forced or opts.no_cache) else self.store.cache_get(key)
-        tags = {"llada.cache_key": key, "llada.stage": node.stage,
+        tags = {"llada.cache_key": key, "llada.stage": node.stage, "llada.ray_job_id": str(self.run_doc.get("ray_job_id")),
                 "llada.upstream_runs": ",".join(records[u].get("mlflow_run_id", "") for u in node.upstream()), **_code_tags()}
         mlflow_run = self.tracker.child_run(self.run_doc["mlflow_parent_run"], self.run_id, node.name, tags)
         rec |= {"cache_key": key, "mlflow_run_id": mlflow_run, "inputs": {k: v for k, v in digests.items()},
@@ -175,7 +176,7 @@ class Executor:
                                          context=output)
         attempts = rec.get("attempts", 0) + 1
         rec |= {"state": "RUNNING", "attempts": attempts, "started": now(), "ended": None, "error": None,
-                "traceback": None, "outputs": {}, "config": resolved}
+                "traceback": None, "outputs": {}, "config": resolved, "code_version": code_version()}
         self.store.write_node(self.run_id, _public(rec))
         self.tracker.set_tags(mlflow_run, {"llada.state": "RUNNING", "llada.attempts": str(attempts)})
         self.say(f"[{node.name}] running (attempt {attempts})")
@@ -204,11 +205,23 @@ class Executor:
         self.store.write_node(self.run_id, _public(rec))
         self.store.cache_put(rec["cache_key"], {"outputs": result["outputs"], "source": {"run_id": self.run_id, "node": node.name},
                                                 "created": now()})
+        for name, out in result["outputs"].items():  # small local outputs are copied into MLflow too
+            if not storage.is_s3(out["uri"]) and _size(out["uri"]) <= self.run_doc.get("mlflow_artifact_max_mb", 64) << 20:
+                if os.path.isdir(out["uri"]):
+                    self.tracker.log_artifacts(rec["mlflow_run_id"], out["uri"], f"outputs/{name}")
+                else:
+                    self.tracker.client.log_artifact(rec["mlflow_run_id"], out["uri"], f"outputs/{name}")
         out_tags = {f"llada.output.{k}": v["uri"] for k, v in result["outputs"].items()}
         out_tags |= {f"llada.output.{k}.digest": v["digest"] for k, v in result["outputs"].items()}
         self.tracker.set_tags(rec["mlflow_run_id"], out_tags | {"llada.state": "SUCCEEDED", "llada.seconds": str(seconds)})
         self.tracker.end(rec["mlflow_run_id"], "FINISHED")
         self.say(f"[{node.name}] succeeded in {seconds}s")
+
+
+def _size(path: str) -> int:
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
 
 
 def _public(rec: dict) -> dict:

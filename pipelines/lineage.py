@@ -66,7 +66,7 @@ def lineage(store: RunStore, run_id: str, node: str | None = None) -> dict:
         seen[name] = {
             "node": name, "stage": nodes[name].stage, "state": rec.get("state"), "cache_key": rec.get("cache_key"),
             "config_hash": _config_hash(nodes[name].config), "computed_in": computed_in,
-            "code_version": source_run.get("code_version"), "mlflow_run_id": rec.get("mlflow_run_id"),
+            "code_version": source.get("code_version") or source_run.get("code_version"), "mlflow_run_id": rec.get("mlflow_run_id"),
             "computed_mlflow_run_id": source.get("mlflow_run_id"), "outputs": rec.get("outputs", {}),
             "inputs": rec.get("inputs", {}), "upstream": nodes[name].upstream(), "datasets": _datasets(rec),
         }

@@ -112,6 +112,7 @@ def build_nodes(cfg: RecipeConfig) -> list[Node]:
     nodes.append(Node("eval", S + "evaluate", {
         "models": models, "pretrain": pretrain, "tasks": tasks or "", "dpo": "${prepare_dpo.dataset}", "out": "${out}",
         "block_size": e.block_size, "threshold": e.threshold, "sweep": e.sweep, "n_tasks": e.n_tasks, "max_rows": e.max_rows,
-        "decode_models": ["sft", "cap", "dpo"] if tasks else []}))
+        "decode_models": [m for m in ("merged", "sft", "cap", "dpo") if m in models] if tasks else [],
+        "sweep_models": ["sft", "cap"] if tasks else []}))
     nodes.append(Node("export", S + "export_hf", {"checkpoint": "${dpo.checkpoint}", "out": "${out}"}))
     return nodes

@@ -98,11 +98,12 @@ def _merge(cfg: MergeConfig, ctx) -> dict:
 
 
 class EvalConfig(StrictModel):
-    models: dict[str, str]  # label -> consolidated checkpoint, in recipe order
+    models: dict[str, str]  # label -> consolidated checkpoint
     pretrain: str  # dataset: ELBO perplexity on its val split
     tasks: str  # directory with sft_eval.jsonl (held-out verifiable tasks)
     dpo: str  # dataset: preference accuracy on its val split
-    decode_models: list[str] = ["sft", "cap", "dpo"]  # labels evaluated with the parallel decoder
+    decode_models: list[str] = ["merged", "sft", "cap", "dpo"]  # task accuracy with the parallel decoder
+    sweep_models: list[str] = ["sft", "cap"]  # + a threshold sweep on half the tasks (accuracy vs TPF)
     preference_models: list[str] = ["cap", "dpo"]
     out: str
     block_size: int = Field(32, ge=1)
@@ -122,7 +123,8 @@ def _eval(cfg: EvalConfig, ctx) -> dict:
         r = {"elbo_ppl": elbo_perplexity(model, cfg.pretrain, "val", cfg.block_size, cfg.max_rows)}
         if label in cfg.decode_models:
             r["tasks"] = task_accuracy(model, tok, tasks, cfg.n_tasks, cfg.threshold, cfg.block_size)
-            r["sweep"] = {str(t): task_accuracy(model, tok, tasks, cfg.n_tasks // 2, t, cfg.block_size) for t in cfg.sweep}
+        if label in cfg.sweep_models:
+            r["sweep"] = {str(t): task_accuracy(model, tok, tasks, max(1, cfg.n_tasks // 2), t, cfg.block_size) for t in cfg.sweep}
         if label in cfg.preference_models:
             r["preference_accuracy"] = preference_accuracy(model, cfg.dpo, "val", cfg.block_size, cfg.max_rows * 2)
         results[label] = r

@@ -49,11 +49,18 @@ def run_worker(rank: int, world: int, port: int, stage: dict, out: str, mode: st
     from llada_core.trainer.loop import Trainer
 
     trainer = Trainer(StageConfig.model_validate(stage))
-    if mode == "resume":
+    tokenizer = os.path.join(stage["data"], "tokenizer")
+    if mode in ("resume", "load"):
         trainer.load(os.path.join(out, "ckpt-in"))
+    if mode == "load":  # the loaded (resharded) weights, gathered into one consolidated checkpoint
+        trainer.save_consolidated(os.path.join(out, "consolidated-loaded"), tokenizer)
+        dist.barrier()
+        dist.destroy_process_group()
+        return
     history = trainer.run(os.path.join(out, f"ckpt-{world}-{rank}"))
     if mode == "save":
         trainer.save(os.path.join(out, "ckpt-out"))
+        trainer.save_consolidated(os.path.join(out, "consolidated-saved"), tokenizer)
     if rank == 0:
         with open(os.path.join(out, f"history-{mode}.json"), "w") as fh:
             json.dump(history, fh)

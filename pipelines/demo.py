@@ -1,0 +1,44 @@
+"""`make demo` / `llada demo`: the whole LLaDA2.0 recipe on the embedded default, then its report.
+
+  llada run tiny-cpu   (the DAG: data -> AR base -> CPT warm-up/stable/decay -> merge -> SFT -> CAP
+                        -> DPO -> eval -> HF export; see pipelines/llada2_recipe.py)
+  + pipelines/report.py (claims with numbers, loss curves, accuracy vs TPF) logged to MLflow
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from llada_core import storage
+from pipelines import runs
+from pipelines.report import write_report
+from pipelines.run_store import RunStore
+
+
+def run_demo(recipe: str = "tiny-cpu", overrides: list[str] = (), say=print) -> dict:
+    t0 = time.perf_counter()
+    run_id, store_root, records = runs.start(recipe, list(overrides), say=say)
+    store = RunStore(store_root)
+    doc = store.run(run_id)
+    root = doc["artifact_root"]
+    out = Path(root) / run_id / "report" if not storage.is_s3(root) else Path("work/reports") / run_id
+    report = write_report(store, run_id, out) if "eval" in records and records["eval"]["state"] != "FAILED" else None
+    return {"run_id": run_id, "store": store_root, "records": records, "report": report,
+            "seconds": time.perf_counter() - t0, "tracking_uri": doc["tracking_uri"], "experiment": doc["experiment"]}
+
+
+def format_summary(result: dict) -> str:
+    lines = ["", f"run {result['run_id']} finished in {result['seconds'] / 60:.1f} min"]
+    for name, rec in result["records"].items():
+        lines.append(f"  {name:<18}{rec['state']:<16}{rec.get('seconds') or '':>8}")
+    report = result["report"]
+    if report:
+        lines += ["", "what the tiny recipe showed:"]
+        for c in report["claims"]:
+            lines.append(f"  [{'shown' if c['shown'] else 'NOT shown'}] {c['claim']}: {c['numbers']}")
+        lines += ["", f"report:  {report['report']}"]
+    lines += [f"status:  llada status {result['run_id']} --store {result['store']}",
+              f"lineage: llada lineage {result['run_id']} --store {result['store']}",
+              f"MLflow:  mlflow ui --backend-store-uri {result['tracking_uri']}  (experiment {result['experiment']})"]
+    return "\n".join(lines)

@@ -1,0 +1,165 @@
+"""SIGKILL the driver while a training node runs; `llada resume` finishes the run: no node ran twice
+(one MLflow child run per node), the training node continued from its checkpoint (first step after
+the resume > 1), and its metric history has no gap or duplicate. Then a re-run is fully cached, the
+lock refuses a second driver, and lineage names every node. Once on local disk + SQLite MLflow, once
+with the run store and Ray Train checkpoints on S3 (moto server) and a real `mlflow server` process
+whose artifact store is that S3."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from test_s3 import free_port
+
+from pipelines.run_store import LockedError, RunStore
+
+pytestmark = pytest.mark.slow  # drivers with their own local Ray clusters, Ray Train worker groups
+STEPS = 24
+
+
+def write_recipe(tmp_path, corpus_dir, tokenizer_dir, store, tracking_uri) -> str:
+    stage = {"name": "cpt", "objective": "cpt", "data": "${prepare.dataset}", "steps": STEPS, "micro_batch": 2,
+             "checkpoint_every": 3, "model": "tiny", "model_overrides": ["num_layers=2"],
+             "objective_cfg": {"block_size": 16}}
+    nodes = [
+        {"name": "prepare", "stage": "tasks.stages:prepare_pretrain",
+         "config": {"input": corpus_dir, "out": "${out}", "seq_len": 64, "tokenizer": {"path": tokenizer_dir},
+                    "val_fraction": 0.1, "num_workers": 1}},
+        {"name": "train", "stage": "tasks.stages:train",
+         "config": {"stage": stage, "out": "${out}", "cpus_per_worker": 1}},
+    ]
+    path = tmp_path / "resume.yaml"
+    path.write_text(yaml.safe_dump({"name": "resume", "workdir": str(tmp_path / "work"), "store": store,
+                                    "tracking_uri": tracking_uri, "artifact_root": str(tmp_path / "artifacts"),
+                                    "nodes": nodes}))
+    return str(path)
+
+
+def llada(*args, env, **kw):
+    return subprocess.Popen([sys.executable, "-m", "pipelines.cli", *args], env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def logged_steps(tracking_uri: str, run_id: str, node: str) -> list[int]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name("llada-resume")
+    if exp is None:
+        return []
+    found = client.search_runs([exp.experiment_id], f"tags.`llada.run_id` = '{run_id}' and tags.`llada.node` = '{node}'")
+    return [m.step for m in client.get_metric_history(found[0].info.run_id, "loss")] if found else []
+
+
+@pytest.fixture(params=["local", "s3"])
+def backend(request, tmp_path):
+    if request.param == "local":
+        yield {"store": str(tmp_path / "store"), "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "env": {}}
+        return
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    moto.start()
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing-secret", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "MLFLOW_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id="testing",
+                 aws_secret_access_key="testing-secret", region_name="us-east-1").create_bucket(Bucket="llada")
+    mlflow_port = free_port()
+    server = subprocess.Popen(
+        [os.path.join(os.path.dirname(sys.executable), "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port),
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", "s3://llada/mlartifacts",
+         "--workers", "1"], env=os.environ | env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    uri = f"http://127.0.0.1:{mlflow_port}"
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    import urllib.request
+
+    for _ in range(120):
+        try:
+            urllib.request.urlopen(uri + "/health", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.5)
+    yield {"store": "s3://llada/store", "tracking_uri": uri, "env": env}
+    os.killpg(server.pid, signal.SIGTERM)
+    server.wait(30)
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    moto.stop()
+
+
+def test_sigkill_driver_then_resume(backend, corpus, tokenizer_dir, tmp_path):
+    recipe = write_recipe(tmp_path, corpus[0], tokenizer_dir, backend["store"], backend["tracking_uri"])
+    env = os.environ | backend["env"] | {"MLFLOW_RUN_ID": "an-inherited-run-id-that-must-not-be-used"}
+    run_id = "resume-test"
+    driver = llada("run", recipe, "--run-id", run_id, env=env)
+    deadline = time.time() + 240
+    while time.time() < deadline and driver.poll() is None:
+        if len(logged_steps(backend["tracking_uri"], run_id, "train")) >= 7:
+            break
+        time.sleep(0.3)
+    assert driver.poll() is None, driver.stdout.read()
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray cluster it started
+    driver.wait()
+    store = RunStore(backend["store"])
+    assert store.node(run_id, "train")["state"] == "RUNNING"
+    killed_at = logged_steps(backend["tracking_uri"], run_id, "train")
+    assert 7 <= len(killed_at) < STEPS
+
+    resumed = llada("resume", run_id, "--store", backend["store"], env=env)
+    out, _ = resumed.communicate(timeout=400)
+    assert resumed.returncode == 0, out
+    prepare, train = store.node(run_id, "prepare"), store.node(run_id, "train")
+    assert (prepare["state"], prepare["attempts"]) == ("SUCCEEDED", 1)  # never ran twice
+    assert (train["state"], train["attempts"]) == ("SUCCEEDED", 2)
+    assert 1 < train["info"]["first_step"] <= len(killed_at) + 1  # continued from a checkpoint, not step 0
+    assert logged_steps(backend["tracking_uri"], run_id, "train") == list(range(1, STEPS + 1))  # no gap, no duplicate
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(backend["tracking_uri"])
+    exp = client.get_experiment_by_name("llada-resume")
+    children = client.search_runs([exp.experiment_id], f"tags.`llada.run_id` = '{run_id}' and tags.`llada.kind` = 'node'")
+    assert sorted(r.data.tags["llada.node"] for r in children) == ["prepare", "train"]
+    parent = store.run(run_id)["mlflow_parent_run"]
+    assert all(r.data.tags["mlflow.parentRunId"] == parent for r in children)
+    train_run = next(r for r in children if r.data.tags["llada.node"] == "train")
+    assert {a.path for a in client.list_artifacts(train_run.info.run_id, "outputs/checkpoint")} >= {
+        "outputs/checkpoint/meta.json", "outputs/checkpoint/weights"}
+    if backend["store"].startswith("s3://"):  # MLflow's artifact store and the Ray Train checkpoints are on S3
+        import boto3
+
+        keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="llada")["Contents"]]
+        assert any(k.startswith("mlartifacts/") and k.endswith("meta.json") for k in keys)
+        assert any(k.startswith(f"store/runs/{run_id}/train/") and "checkpoint" in k for k in keys)
+
+    again = llada("run", recipe, env=env)  # a new run of the same recipe: nothing recomputed
+    out, _ = again.communicate(timeout=300)
+    assert again.returncode == 0, out
+    new_run = [r for r in store.runs() if r != run_id][0]
+    assert {store.node(new_run, n)["state"] for n in ("prepare", "train")} == {"SKIPPED-CACHED"}
+
+    with store.lock(run_id):  # a second driver on a locked run gets a clear error
+        with pytest.raises(LockedError):
+            with store.lock(run_id):
+                pass
+    lineage = subprocess.run([sys.executable, "-m", "pipelines.cli", "lineage", new_run, "--store", backend["store"], "--json"],
+                             env=env, capture_output=True, text=True, timeout=120)
+    assert lineage.returncode == 0, lineage.stderr
+    doc = json.loads(lineage.stdout)
+    assert set(doc["nodes"]) == {"prepare", "train"}
+    assert doc["nodes"]["train"]["computed_in"] == {"run_id": run_id, "node": "train"}
+    assert doc["nodes"]["train"]["inputs"]["prepare.dataset"] == prepare["outputs"]["dataset"]["digest"]
+    assert doc["nodes"]["prepare"]["datasets"][0]["sources"]
+    assert Path(train["outputs"]["checkpoint"]["uri"], "meta.json").exists()
