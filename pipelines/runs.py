@@ -45,10 +45,13 @@ class GraphRecipe(StrictModel):
 def settings(cfg) -> dict:
     """Where a recipe's run store, artifacts and MLflow live (defaults inside its workdir)."""
     work = cfg.workdir
+    tracking = cfg.tracking_uri or default_tracking_uri(work)
+    local_mlflow = tracking.startswith(("sqlite:", "file:")) or "://" not in tracking
     return {"store": cfg.store or str(Path(work) / "store"),
             "artifact_root": cfg.artifact_root or str(Path(work).resolve() / "artifacts"),
-            "tracking_uri": cfg.tracking_uri or default_tracking_uri(work),
-            "experiment": cfg.experiment or f"llada-{cfg.name}"}
+            "tracking_uri": tracking, "experiment": cfg.experiment or f"llada-{cfg.name}",
+            # a database-backed MLflow would put artifacts in ./mlruns of whatever directory runs it
+            "mlflow_artifact_location": str(Path(work).resolve() / "mlartifacts") if local_mlflow else None}
 
 
 def load(recipe: str, overrides: list[str] = ()) -> tuple[Any, list[dag.Node]]:

@@ -99,6 +99,8 @@ def test_cache_no_cache_from_stage_and_lineage_of_digests(tmp_path, ray_local):
     assert c.data.tags["llada.cache_key"] == rec1["c"]["cache_key"]
     assert c.data.params["text"] == "C"
     assert [m.step for m in client.get_metric_history(c.info.run_id, "loss")] == [1, 2, 3]
+    assert c.info.artifact_uri.startswith(str(tmp_path / "work" / "mlartifacts"))  # not ./mlruns of the cwd
+    assert [a.path for a in client.list_artifacts(c.info.run_id, "outputs/value")] == ["outputs/value/value.txt"]
     assert sorted(i.dataset.name for i in client.get_run(c.info.run_id).inputs.dataset_inputs) == ["a.value", "b.value"]
 
 
