@@ -71,7 +71,7 @@ def _export(trainer, out: str) -> None:
     trainer.save_consolidated(out, storage.join(trainer.cfg.data, "tokenizer"))
 
 
-def _consume(queue: Queue, done: threading.Event, total: int, name: str, on_metrics) -> None:
+def _consume(queue: Queue, done: threading.Event, total: int, name: str, on_metrics, progress: bool) -> None:
     while not (done.is_set() and queue.empty()):
         try:
             m = queue.get(timeout=0.5)
@@ -79,12 +79,15 @@ def _consume(queue: Queue, done: threading.Event, total: int, name: str, on_metr
             continue
         if on_metrics:
             on_metrics(int(m["step"]), m)
+        if not progress:
+            continue
         width = 30
         filled = int(width * m["step"] / total)
         sys.stderr.write(f"\r{name} [{'#' * filled}{'.' * (width - filled)}] step {m['step']}/{total} "
                          f"loss {m['loss']:.4f} lr {m['lr']:.2e} {m['tokens_per_s']:.0f} tok/s")
         sys.stderr.flush()
-    sys.stderr.write("\n")
+    if progress:
+        sys.stderr.write("\n")
 
 
 def preflight(cfg: StageConfig) -> None:
@@ -109,7 +112,7 @@ def run_stage(cfg: StageConfig, storage_path: str, max_failures: int = 0, use_gp
     preflight(cfg)
     ensure_ray()
     queue, done = Queue(), threading.Event()
-    consumer = threading.Thread(target=_consume, args=(queue, done, cfg.steps, cfg.name, on_metrics), daemon=True)
+    consumer = threading.Thread(target=_consume, args=(queue, done, cfg.steps, cfg.name, on_metrics, progress), daemon=True)
     if on_metrics or progress:
         consumer.start()
     trainer = TorchTrainer(
