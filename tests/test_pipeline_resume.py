@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -78,24 +79,18 @@ def backend(request, tmp_path):
          "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", "s3://llada/mlartifacts",
          "--workers", "1"], env=os.environ | env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     uri = f"http://127.0.0.1:{mlflow_port}"
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    import urllib.request
-
     for _ in range(120):
         try:
             urllib.request.urlopen(uri + "/health", timeout=1)
             break
         except OSError:
             time.sleep(0.5)
-    yield {"store": "s3://llada/store", "tracking_uri": uri, "env": env}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        yield {"store": "s3://llada/store", "tracking_uri": uri, "env": env}
     os.killpg(server.pid, signal.SIGTERM)
     server.wait(30)
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
     moto.stop()
 
 

@@ -34,17 +34,13 @@ def s3_endpoint():
         "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing-secret",
         "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
     }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    ray.shutdown()  # Ray workers must be started with the endpoint in their environment
-    start_ray()
-    yield env["AWS_ENDPOINT_URL"]
-    ray.shutdown()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        ray.shutdown()  # Ray workers must be started with the endpoint in their environment
+        start_ray()
+        yield env["AWS_ENDPOINT_URL"]
+        ray.shutdown()
     server.stop()
 
 
