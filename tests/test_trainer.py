@@ -7,7 +7,7 @@ import socket
 import pytest
 import torch
 import torch.multiprocessing as mp
-from trainer_fixtures import make_dataset, run_worker, stage_dict
+from trainer_fixtures import make_dataset, make_instruct_dataset, run_worker, stage_dict
 
 pytestmark = pytest.mark.slow  # multi-process worker groups
 
@@ -88,6 +88,20 @@ def test_checkpoint_saved_under_a_layout_resumes_under_one_rank(reference, tmp_p
     spawn(1, stage, tmp_path, mode="load")
     saved, loaded = (logits_of(tmp_path / name) for name in ("consolidated-saved", "consolidated-loaded"))
     assert torch.equal(saved, loaded), (layout, (saved - loaded).abs().max())
+
+
+@pytest.mark.parametrize("objective", ["sft", "cap"])
+def test_pipeline_parallel_instruction_objectives_match_one_rank(data, init_ckpt, tmp_path, objective):
+    """PP=2 runs the unchanged objective: inputs captured for the first stage, loss on the last."""
+    sft = make_instruct_dataset(str(tmp_path), "sft", data)
+    stage = stage_dict(sft, name=objective, objective=objective, init_checkpoint=init_ckpt, steps=2, micro_batch=2)
+    (tmp_path / "one").mkdir()
+    (tmp_path / "pp").mkdir()
+    ref = spawn(1, stage, tmp_path / "one")
+    got = spawn(2, stage | {"layout": {"world_size": 2, "pp": 2}}, tmp_path / "pp")
+    for step, (a, b) in enumerate(zip(ref, got, strict=True)):
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-5), step
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4), step
 
 
 def logits_of(path) -> torch.Tensor:

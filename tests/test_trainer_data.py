@@ -80,6 +80,7 @@ def test_pipeline_parallel_is_refused_at_load_for_objectives_without_it(tmp_path
     from llada_core.trainer.config import StageConfig
 
     base = {"name": "s", "data": str(tmp_path), "steps": 1, "layout": {"world_size": 2, "pp": 2}}
-    assert load_config(StageConfig, values=base | {"objective": "cpt"}).layout.pp == 2
-    with pytest.raises(ConfigError, match=r"key 'layout': pipeline parallelism \(pp=2\) is implemented for the cpt objective only"):
-        load_config(StageConfig, values=base | {"objective": "sft"})
+    for objective in ("ar", "cpt", "sft", "cap"):
+        assert load_config(StageConfig, values=base | {"objective": objective}).layout.pp == 2
+    with pytest.raises(ConfigError, match=r"key 'layout': pipeline parallelism \(pp=2\) is not implemented for DPO"):
+        load_config(StageConfig, values=base | {"objective": "dpo", "reference_checkpoint": "r"})

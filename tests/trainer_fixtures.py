@@ -54,10 +54,9 @@ def run_worker(rank: int, world: int, port: int, stage: dict, out: str, mode: st
         trainer.load(os.path.join(out, "ckpt-in"))
     if mode == "load":  # the loaded (resharded) weights, gathered into one consolidated checkpoint
         trainer.save_consolidated(os.path.join(out, "consolidated-loaded"), tokenizer)
-        dist.barrier()
-        dist.destroy_process_group()
-        return
-    history = trainer.run(os.path.join(out, f"ckpt-{world}-{rank}"))
+        history = []
+    else:
+        history = trainer.run(os.path.join(out, f"ckpt-{world}-{rank}"))
     if mode == "save":
         trainer.save(os.path.join(out, "ckpt-out"))
         trainer.save_consolidated(os.path.join(out, "consolidated-saved"), tokenizer)

@@ -68,6 +68,8 @@ def transformer_config(cfg: ModelConfig, layout: ParallelLayout, dtype: torch.dt
         use_cpu_initialization=not torch.cuda.is_available(), perform_initialization=True, init_method_std=cfg.init_std,
         tensor_model_parallel_size=layout.tp, pipeline_model_parallel_size=layout.pp, pipeline_dtype=dtype,
         context_parallel_size=layout.cp, sequence_parallel=layout.use_sequence_parallel,
+        # instruction batches are padded per micro-batch: pipeline stages exchange shapes first
+        variable_seq_lengths=layout.pp > 1,
         **moe,
     )
 

@@ -80,8 +80,9 @@ class StageConfig(StrictModel):
     def _check(self):
         if self.precision == "bf16" and not torch.cuda.is_available():
             raise ValueError("precision: bf16 training needs a GPU (megatron's mixed-precision optimizer is CUDA-only); use fp32 or auto")
-        if self.layout.pp > 1 and self.objective != "cpt":
-            raise ValueError(f"layout: pipeline parallelism (pp={self.layout.pp}) is implemented for the cpt objective only")
+        if self.layout.pp > 1 and self.objective == "dpo":
+            raise ValueError(f"layout: pipeline parallelism (pp={self.layout.pp}) is not implemented for DPO "
+                             "(policy and reference run two forwards each per micro-batch)")
         if self.objective == "dpo" and not self.reference_checkpoint:
             raise ValueError("reference_checkpoint: DPO needs the frozen reference model's checkpoint")
         return self

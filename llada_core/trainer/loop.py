@@ -13,6 +13,7 @@ exactly the computation of an uninterrupted one.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import resource
@@ -38,7 +39,7 @@ from llada_core.parallel.setup import init_parallel
 from llada_core.trainer import optim
 from llada_core.trainer.config import StageConfig, resolve_model_config
 from llada_core.trainer.data import BatchPlan, RowStream
-from llada_core.trainer.step import TokenIds, block_size_at, cpt_micro_batch, micro_batch_loss, row_tokens
+from llada_core.trainer.step import TokenIds, block_size_at, capture_model_call, micro_batch_loss, row_tokens
 
 STATE_FILE = "trainer_state.json"
 
@@ -133,8 +134,11 @@ class Trainer:
 
     def _pipeline_backward(self, tokens: int) -> list[torch.Tensor]:
         """Forward + backward of all micro-batches through megatron's 1F1B schedule. Every stage reads
-        the same micro-batches (only hidden states travel between stages); the last stage turns
-        logits into the loss (Eq. 1); the schedule averages over micro-batches."""
+        the same micro-batches (only hidden states travel between stages). The objective runs twice
+        per micro-batch, unchanged: once to capture the model inputs it builds (first call aborted),
+        once on the last stage with the pipeline's logits standing in for the model; its noise is a
+        function of the sample positions, so both runs see the same masks. The schedule averages
+        the micro-batch losses."""
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
         micro_batches = []
@@ -142,22 +146,24 @@ class Trainer:
             positions = self.stream.micro_batch_positions(self.plan, self.step, micro, self.dp_rank)
             rows = self.stream.rows_at(positions)
             self._real_tokens += row_tokens(rows)
-            micro_batches.append(cpt_micro_batch(self.cfg, rows, positions, self.ids, tokens))
+            objective = functools.partial(micro_batch_loss, reference=None, cfg=self.cfg, rows=rows, positions=positions,
+                                          ids=self.ids, step=self.step, tokens_seen=tokens)
+            micro_batches.append((objective, *capture_model_call(objective)))
 
         def forward_step(data_iterator, model):
-            mb = next(data_iterator)
-            output = model(*mb.inputs)
+            objective, args, kwargs = next(data_iterator)
+            output = model(*args, **kwargs)
 
             def loss_func(logits):
-                loss = mb.loss(logits).loss
+                loss = objective(lambda *a, **k: logits).loss
                 return loss, {"loss": loss.detach().clone()}  # the schedule divides `loss` in place
 
             return output, loss_func
 
         store = get_forward_backward_func()(
             forward_step_func=forward_step, data_iterator=iter(micro_batches), model=[self.model],
-            num_microbatches=self.plan.grad_accum, seq_length=micro_batches[0].inputs[0].shape[1],
-            micro_batch_size=self.plan.micro_batch, forward_only=False,
+            num_microbatches=self.plan.grad_accum, seq_length=micro_batches[0][1][0].shape[1],
+            micro_batch_size=micro_batches[0][1][0].shape[0], forward_only=False,
         )
         return [d["loss"] for d in store]
 

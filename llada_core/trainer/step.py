@@ -49,20 +49,6 @@ def block_size_at(cfg: StageConfig, tokens: int, seq_len: int) -> int:
     return min(cfg.objective_cfg.block_size, seq_len)
 
 
-@dataclass
-class CPTMicroBatch:
-    """A block-diffusion micro-batch: the denoiser's inputs and what its loss needs (Eq. 1)."""
-
-    inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # input_ids, position_ids, allowed
-    x0: torch.Tensor
-    doc: torch.Tensor
-    noise: Noise
-    block: int
-
-    def loss(self, logits: torch.Tensor) -> LossOutput:
-        return block_diffusion_from_logits(logits, self.x0, self.doc, self.block, self.noise)
-
-
 def row_tokens(rows: list[dict]) -> int:
     """Real (non-padding) tokens of a micro-batch's rows: packed rows, examples or preference pairs."""
     if rows and "doc_ids" in rows[0]:
@@ -78,11 +64,24 @@ def packed_tensors(rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
     return x0, doc
 
 
-def cpt_micro_batch(cfg: StageConfig, rows: list[dict], positions: list[int], ids: TokenIds, tokens_seen: int) -> CPTMicroBatch:
-    x0, doc = packed_tensors(rows)
-    noise = row_noise(doc >= 0, [sample_generator(cfg.seed, p) for p in positions])
-    block = block_size_at(cfg, tokens_seen, x0.shape[1])
-    return CPTMicroBatch(denoise_inputs(apply_noise(x0, noise, ids.mask), x0, doc, block), x0, doc, noise, block)
+class _Captured(Exception):
+    def __init__(self, args: tuple, kwargs: dict):
+        super().__init__("model inputs captured")
+        self.call = (args, kwargs)
+
+
+def _capture(*args, **kwargs):
+    raise _Captured(args, kwargs)
+
+
+def capture_model_call(objective) -> tuple[tuple, dict]:
+    """The (args, kwargs) an objective passes to its model, without running the model or the loss:
+    what the first pipeline stage needs. Only for objectives that call the model once."""
+    try:
+        objective(_capture)
+    except _Captured as captured:
+        return captured.call
+    raise RuntimeError("the objective never called the model")
 
 
 def micro_batch_loss(model, reference, cfg: StageConfig, rows: list[dict], positions: list[int], ids: TokenIds,
@@ -97,8 +96,11 @@ def micro_batch_loss(model, reference, cfg: StageConfig, rows: list[dict], posit
 
             def denoiser(i, p, a):
                 return model(i, p, a, mask_noise=(ids.mask, obj.mask_noise_std, embed_gen))
-        mb = cpt_micro_batch(cfg, rows, positions, ids, tokens_seen)
-        return mb.loss(denoiser(*mb.inputs))
+        x0, doc = packed_tensors(rows)
+        noise = row_noise(doc >= 0, [sample_generator(cfg.seed, p) for p in positions])
+        block = block_size_at(cfg, tokens_seen, x0.shape[1])
+        logits = denoiser(*denoise_inputs(apply_noise(x0, noise, ids.mask), x0, doc, block))
+        return block_diffusion_from_logits(logits, x0, doc, block, noise)  # Eq. 1
     gens = [sample_generator(cfg.seed, p) for p in positions]
     if cfg.objective in ("sft", "cap"):
         batch = pad_examples([(r["input_ids"], r["prompt_len"]) for r in rows], obj.block_size, ids.pad)
