@@ -16,9 +16,9 @@ from pipelines.run_store import RunStore
 pytestmark = pytest.mark.slow
 
 SHORT = [
-    "base.steps=20", "schedule.warmup_tokens_per_block=4096", "schedule.stable_tokens=4096",
+    "base.steps=4", "schedule.warmup_tokens_per_block=4096", "schedule.stable_tokens=4096",
     "schedule.decay_tokens_per_block=4096", "schedule.lr_warmup_tokens=0", "cpt.candidates_every=2",
-    "sft.steps=10", "cap.steps=4", "dpo.steps=4", "eval.n_tasks=4", "eval.max_rows=8", "eval.sweep=[0.5]",
+    "sft.steps=4", "cap.steps=2", "dpo.steps=2", "eval.n_tasks=4", "eval.max_rows=8", "eval.sweep=[]",
     "instruct.synthetic_tasks=1200", "training.checkpoint_every=50",
 ]
 
