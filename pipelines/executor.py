@@ -21,7 +21,7 @@ from llada_core import storage
 from llada_core.cluster import ensure_ray
 from llada_core.version import code_version
 from pipelines import dag
-from pipelines.run_store import DONE, RunStore, artifact_digest, now
+from pipelines.run_store import DONE, RunStore, artifact_digest, now, outputs_intact
 from pipelines.tracking import Tracker, flatten, redact
 
 
@@ -64,8 +64,6 @@ class NodeContext:
         self._tracker().log_batch(self.mlflow_run, metrics=items)
         self._last_step = step
 
-    def log_artifacts(self, local_dir: str, artifact_path: str) -> None:
-        self._tracker().log_artifacts(self.mlflow_run, local_dir, artifact_path)
 
 
 def _execute_node(stage_path: str, config: dict, ctx: NodeContext) -> dict:
@@ -145,8 +143,6 @@ class Executor:
         uris, digests = self._inputs(node, records)
         key = dag.cache_key(node, stage, digests)
         forced = node.name in opts.force
-        from pipelines.run_store import outputs_intact
-
         if rec["state"] in DONE and rec.get("cache_key") == key and not forced and outputs_intact(rec["outputs"]):
             rec["_settled"] = "done"  # finished earlier in this run: never run again
             return None
@@ -154,7 +150,7 @@ class Executor:
         tags = {"llada.cache_key": key, "llada.stage": node.stage, "llada.ray_job_id": str(self.run_doc.get("ray_job_id")),
                 "llada.upstream_runs": ",".join(records[u].get("mlflow_run_id", "") for u in node.upstream()), **_code_tags()}
         mlflow_run = self.tracker.child_run(self.run_doc["mlflow_parent_run"], self.run_id, node.name, tags)
-        rec |= {"cache_key": key, "mlflow_run_id": mlflow_run, "inputs": {k: v for k, v in digests.items()},
+        rec |= {"cache_key": key, "mlflow_run_id": mlflow_run, "inputs": dict(digests),
                 "stage": node.stage}
         if hit:
             rec |= {"state": "SKIPPED-CACHED", "outputs": hit["outputs"], "cached_from": hit["source"],
@@ -170,10 +166,9 @@ class Executor:
         resolved = dag.substitute(node.config, lambda ref: out_dir if ref == dag.OUT else uris.get(ref))
         self.tracker.log_params(mlflow_run, flatten(node.config))
         if rec.get("attempts", 0) == 0:
-            for ref, uri in uris.items():
-                up, output = ref[2:-1].split(".")
-                self.tracker.log_dataset(mlflow_run, f"{up}.{output}", uri, records[up]["outputs"][output]["digest"],
-                                         context=output)
+            for up, output in node.refs():
+                name = f"{up}.{output}"
+                self.tracker.log_dataset(mlflow_run, name, uris[f"${{{name}}}"], digests[name], context=output)
         attempts = rec.get("attempts", 0) + 1
         rec |= {"state": "RUNNING", "attempts": attempts, "started": now(), "ended": None, "error": None,
                 "traceback": None, "outputs": {}, "config": resolved, "code_version": code_version()}
@@ -200,11 +195,6 @@ class Executor:
             self.tracker.end(rec["mlflow_run_id"], "FAILED")
             self.say(f"[{node.name}] FAILED after {seconds}s: {rec['error'].splitlines()[0][:300]}")
             return
-        rec |= {"state": "SUCCEEDED", "ended": now(), "seconds": seconds, "outputs": result["outputs"],
-                "info": result["info"], "_settled": "done"}
-        self.store.write_node(self.run_id, _public(rec))
-        self.store.cache_put(rec["cache_key"], {"outputs": result["outputs"], "source": {"run_id": self.run_id, "node": node.name},
-                                                "created": now()})
         for name, out in result["outputs"].items():  # small local outputs are copied into MLflow too
             if not storage.is_s3(out["uri"]) and _size(out["uri"]) <= self.run_doc.get("mlflow_artifact_max_mb", 64) << 20:
                 if os.path.isdir(out["uri"]):
@@ -214,6 +204,12 @@ class Executor:
         out_tags = {f"llada.output.{k}": v["uri"] for k, v in result["outputs"].items()}
         out_tags |= {f"llada.output.{k}.digest": v["digest"] for k, v in result["outputs"].items()}
         self.tracker.set_tags(rec["mlflow_run_id"], out_tags | {"llada.state": "SUCCEEDED", "llada.seconds": str(seconds)})
+        # the node record is the commit point: a driver killed before it re-runs the node on resume
+        rec |= {"state": "SUCCEEDED", "ended": now(), "seconds": seconds, "outputs": result["outputs"],
+                "info": result["info"], "_settled": "done"}
+        self.store.write_node(self.run_id, _public(rec))
+        self.store.cache_put(rec["cache_key"], {"outputs": result["outputs"], "source": {"run_id": self.run_id, "node": node.name},
+                                                "created": now()})
         self.tracker.end(rec["mlflow_run_id"], "FINISHED")
         self.say(f"[{node.name}] succeeded in {seconds}s")
 

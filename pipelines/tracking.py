@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from mlflow import MlflowClient
-from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.entities import DatasetInput, InputTag, Param, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID", "MLFLOW_TRACKING_PASSWORD",
@@ -94,16 +94,6 @@ class Tracker:
         items = [Param(k, v) for k, v in params.items() if k not in existing]  # a resume re-logs nothing
         for i in range(0, len(items), 100):
             self.client.log_batch(run, params=items[i:i + 100])
-
-    def log_metrics(self, run: str, step: int, metrics: dict[str, float], timestamp_ms: int) -> None:
-        items = [Metric(metric_name(k), float(v), timestamp_ms, step) for k, v in metrics.items()
-                 if isinstance(v, int | float) and not isinstance(v, bool)]
-        if items:
-            self.client.log_batch(run, metrics=items)
-
-    def last_step(self, run: str, key: str = "loss") -> int:
-        history = self.client.get_metric_history(run, key)
-        return max((m.step for m in history), default=-1)
 
     def log_dataset(self, run: str, name: str, uri: str, digest: str, context: str) -> None:
         from mlflow.data.http_dataset_source import HTTPDatasetSource
