@@ -91,8 +91,8 @@ def start(recipe: str, overrides: list[str] = (), run_id: str | None = None, no_
                        "created": now(), "code_version": code_version(), **where}
     doc["options"] = {"no_cache": no_cache, "from_stage": from_stage}
     store.write_run(run_id, doc)
-    for node in nodes:
-        if not existing:
+    if not existing:  # every node is listed (PENDING) from the start
+        for node in nodes:
             store.write_node(run_id, store.node(run_id, node.name))
     force = dag.descendants(nodes, {from_stage}) if from_stage else set()
     records = _executor(store, run_id, say).execute(Options(no_cache=no_cache, force=force))
