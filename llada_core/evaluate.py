@@ -91,8 +91,8 @@ def preference_accuracy(model, dataset: str, split: str = "val", block_size: int
     rows = read_split(dataset, split).slice(0, max_rows).to_pylist()
     wins = 0
     for i, r in enumerate(rows):
-        chosen = pad_examples([(r["chosen_ids"], r["prompt_len"])], block_size, special["pad"]["id"])
-        rejected = pad_examples([(r["rejected_ids"], r["prompt_len"])], block_size, special["pad"]["id"])
+        chosen = pad_examples([(r["chosen_ids"], r["prompt_len"])], block_size, special["pad"]["id"], special["mask"]["id"])
+        rejected = pad_examples([(r["rejected_ids"], r["prompt_len"])], block_size, special["pad"]["id"], special["mask"]["id"])
         g = sample_generator(seed, i)
         state = g.get_state()
         e_c = elbo(model, chosen, row_noise(chosen.response, [g]), block_size, special["mask"]["id"])

@@ -94,6 +94,16 @@ def test_sft_padding_prompt_and_complementary_masks():
     assert ((noise.t >= 0.3) & (noise.t <= 0.8)).all()
 
 
+def test_sft_tail_of_the_last_block_is_mask_context_like_the_decoder_sees():
+    batch = pad_examples([([1, 5, 6, 7, 4], 2), ([1, 5, 4], 1)], block_size=4, pad_id=PAD, mask_id=MASK)
+    # row 0 ends in block 1 at position 4: positions 5..7 are [MASK] context; row 1 ends in block 0
+    assert batch.input_ids.tolist() == [[1, 5, 6, 7, 4, MASK, MASK, MASK], [1, 5, 4, MASK, PAD, PAD, PAD, PAD]]
+    assert batch.doc_ids.tolist() == [[0] * 8, [0, 0, 0, 0, -1, -1, -1, -1]]
+    assert batch.response.sum(1).tolist() == [3, 2]  # the tail is never noised, never in the loss
+    plain = pad_examples([([1, 5, 4], 1)], block_size=4, pad_id=PAD)
+    assert plain.input_ids.tolist() == [[1, 5, 4, PAD]] and plain.doc_ids.tolist() == [[0, 0, 0, -1]]
+
+
 def test_sft_loss_hand_computed_and_pads_never_count():
     model = FixedLogits(torch.zeros(4, V))
     batch = pad_examples([([1, 5, 6], 1)], block_size=4, pad_id=PAD)  # 2 response tokens + 1 pad

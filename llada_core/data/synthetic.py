@@ -1,8 +1,13 @@
 """Small verifiable instruction tasks for the embedded demo: SFT examples, DPO pairs, eval sets.
 
-Every task has one exactly checkable answer and a plausible wrong answer (a one-digit slip, an
-adjacent swap, a misplaced word, a missed letter) used as the DPO `rejected` response. Generation is
-deterministic in the seed; the split is a hash of the prompt, so no prompt is in two splits.
+Each prompt is a task name and ITEMS space-separated symbols (single tokens for a byte-level BPE);
+the answer is ITEMS symbols computed from them: reversed, upper-cased, sorted, or each letter's
+successor. Sized for what a 2.6M-parameter model learns in a few CPU minutes: answers of a fixed
+length, each symbol a lookup or a positional copy of one prompt symbol (the earlier multi-token-word
+and 4-digit-addition tasks stayed at 0% after 450 SFT steps). Every task has one exactly checkable
+answer and a plausible wrong one (two adjacent symbols swapped, or one symbol left untransformed),
+used as the DPO `rejected` response. Generation is deterministic in the seed; the split is a hash of
+the prompt, so no prompt is in two splits. Copying the input is never right (checked at generation).
 """
 
 from __future__ import annotations
@@ -10,79 +15,60 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import string
 from collections.abc import Callable
 from pathlib import Path
 
-WORDS = (
-    "apple river stone cloud green tiger lamp music paper orange silver winter garden rocket "
-    "pencil window forest candle yellow purple planet bridge castle dragon island jungle ladder "
-    "marble needle ocean pillow rabbit saddle tunnel violin wagon zebra anchor basket cactus "
-    "desert engine falcon glacier harbor"
-).split()
+ITEMS = 4
+LETTERS, DIGITS = string.ascii_lowercase, string.digits
 
 
-def _add(rng: random.Random) -> tuple[str, str, str]:
-    a, b = rng.randint(10, 9999), rng.randint(10, 9999)
-    good = str(a + b)
-    pos = rng.randrange(len(good))
-    digit = str((int(good[pos]) + rng.randint(1, 9)) % 10)
-    if pos == 0 and digit == "0":
-        digit = "1" if good[0] != "1" else "2"
-    bad = good[:pos] + digit + good[pos + 1 :]
-    return f"Add: {a}+{b}=", good, bad
+def _successor(x: str) -> str:
+    return chr(ord(x) + 1)
 
 
-def _sort_digits(rng: random.Random) -> tuple[str, str, str]:
-    while True:
-        digits = [str(rng.randint(0, 9)) for _ in range(rng.randint(4, 9))]
-        good = "".join(sorted(digits))
-        swaps = [i for i in range(len(good) - 1) if good[i] != good[i + 1]]
-        if swaps:
-            break
-    i = rng.choice(swaps)
-    bad = good[:i] + good[i + 1] + good[i] + good[i + 2 :]
-    return f"Sort the digits: {''.join(digits)}", good, bad
-
-
-def _reverse_words(rng: random.Random) -> tuple[str, str, str]:
-    words = rng.sample(WORDS, rng.randint(3, 6))
-    good = " ".join(reversed(words))
-    bad_words = list(reversed(words))
-    bad_words[0], bad_words[1] = bad_words[1], bad_words[0]
-    return f"Reverse the words: {' '.join(words)}", good, " ".join(bad_words)
-
-
-def _uppercase(rng: random.Random) -> tuple[str, str, str]:
-    words = rng.sample(WORDS, rng.randint(2, 4))
-    text = " ".join(words)
-    good = text.upper()
-    letters = [i for i, c in enumerate(text) if c.isalpha()]
-    i = rng.choice(letters)
-    bad = good[:i] + text[i] + good[i + 1 :]
-    return f"Uppercase: {text}", good, bad
-
-
-TASKS: dict[str, Callable[[random.Random], tuple[str, str, str]]] = {
-    "add": _add,
-    "sort_digits": _sort_digits,
-    "reverse_words": _reverse_words,
-    "uppercase": _uppercase,
+# head -> (alphabet the prompt symbols come from, the answer as a function of the symbols)
+RULES: dict[str, tuple[str, Callable[[list[str]], list[str]]]] = {
+    "Reverse": (LETTERS + DIGITS, lambda xs: xs[::-1]),
+    "Uppercase": (LETTERS, lambda xs: [x.upper() for x in xs]),
+    "Sort": (DIGITS, sorted),
+    "Next letter": (LETTERS[:-1], lambda xs: [_successor(x) for x in xs]),
 }
+TASKS = {"reverse": "Reverse", "uppercase": "Uppercase", "sort": "Sort", "next_letter": "Next letter"}  # name -> prompt head
+
+
+def _adjacent_swap(good: list[str], rng: random.Random) -> list[str] | None:
+    spots = [i for i in range(len(good) - 1) if good[i] != good[i + 1]]
+    if not spots:
+        return None
+    i = rng.choice(spots)
+    return good[:i] + [good[i + 1], good[i]] + good[i + 2 :]
+
+
+def _draw(head: str, rng: random.Random) -> tuple[str, str, str] | None:
+    alphabet, rule = RULES[head]
+    xs = [rng.choice(alphabet) for _ in range(ITEMS)]
+    good = rule(xs)
+    if good == xs:  # echoing the input would be right: not a useful problem
+        return None
+    if head in ("Reverse", "Sort"):
+        bad = _adjacent_swap(good, rng)
+    else:  # one symbol left as it was in the prompt
+        i = rng.randrange(ITEMS)
+        bad = good[:i] + [xs[i]] + good[i + 1 :]
+    if bad is None or bad == good:
+        return None
+    # answers keep the symbols' leading space: each symbol is then one and the same token in prompt and answer
+    return f"{head}: {' '.join(xs)}", " " + " ".join(good), " " + " ".join(bad)
+
 
 
 def check_answer(prompt: str, answer: str) -> bool:
     """Independent checker: recomputes the answer from the prompt alone."""
     head, _, body = prompt.partition(": ")
-    if head == "Add":
-        a, b = body.rstrip("=").split("+")
-        return answer == str(int(a) + int(b))
-    if head == "Sort the digits":
-        return answer == "".join(sorted(body))
-    if head == "Reverse the words":
-        return answer == " ".join(body.split()[::-1])
-    if head == "Uppercase":
-        return answer == body.upper()
-    raise ValueError(f"unknown task prompt: {prompt!r}")
+    if head not in RULES:
+        raise ValueError(f"unknown task prompt: {prompt!r}")
+    return answer.strip().split(" ") == RULES[head][1](body.split(" "))
 
 
 def _split_of(prompt: str, seed: int, eval_fraction: float) -> str:
@@ -102,9 +88,10 @@ def generate(n: int, seed: int = 0, eval_fraction: float = 0.1) -> dict[str, lis
         if attempts > 50 * n:
             raise ValueError(f"cannot draw {n} distinct problems (got {len(seen)})")
         name = names[len(seen) % len(names)]
-        prompt, good, bad = TASKS[name](rng)
-        if prompt in seen:
+        drawn = _draw(TASKS[name], rng)
+        if drawn is None or drawn[0] in seen:
             continue
+        prompt, good, bad = drawn
         seen.add(prompt)
         row = {"task": name, "prompt": prompt, "response": good, "rejected": bad}
         out[_split_of(prompt, seed, eval_fraction)].append(row)

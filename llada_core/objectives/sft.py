@@ -1,8 +1,9 @@
 """SFT (R§5.1, Eq. 5): block diffusion on the response only.
 
 - Prompt tokens are never masked and never in the loss; only response tokens are noised.
-- Each example is padded to a multiple of L_B; pad tokens (doc_ids = -1) are never masked and
-  never counted (the public SFT code masks and counts them: a known bug).
+- Each example is padded to a multiple of L_B; pad tokens are never masked and never counted (the
+  public SFT code masks and counts them: a known bug). The tail of the last block is [MASK] context
+  (see pad_examples), the rest of the padding (doc_ids = -1) is invisible.
 - Mask ratio from the bandwidth t ~ U[alpha_min, alpha_max] (CHOICE [0.3, 0.8]).
 - Complementary masking: each example appears twice, with a mask and its inverse over the response,
   so every response token is supervised exactly once per pair; the inverse copy has ratio 1 - t.
@@ -27,8 +28,14 @@ class SFTBatch:
     response: Tensor  # [B, L] bool, True on response tokens (the only maskable / supervised ones)
 
 
-def pad_examples(examples: list[tuple[list[int], int]], block_size: int, pad_id: int) -> SFTBatch:
-    """(input_ids, prompt_len) examples -> one batch padded to a common multiple of block_size."""
+def pad_examples(examples: list[tuple[list[int], int]], block_size: int, pad_id: int,
+                 mask_id: int | None = None) -> SFTBatch:
+    """(input_ids, prompt_len) examples -> one batch padded to a common multiple of block_size.
+
+    With `mask_id`, the rest of the block an example ends in is [MASK] context (same document, never
+    masked by the noise, never in the loss): exactly what the decoder shows the model, whose block
+    after the answer is still all-[MASK] (CHOICE: without it a tiny model never saw those positions
+    and did not learn where its answer ends). Padding beyond that block stays invisible."""
     longest = max(len(ids) for ids, _ in examples)
     L = -(-longest // block_size) * block_size
     ids = torch.full((len(examples), L), pad_id, dtype=torch.long)
@@ -38,6 +45,10 @@ def pad_examples(examples: list[tuple[list[int], int]], block_size: int, pad_id:
         ids[b, : len(seq)] = torch.tensor(seq)
         docs[b, : len(seq)] = 0
         response[b, prompt_len : len(seq)] = True
+        if mask_id is not None:
+            tail = -(-len(seq) // block_size) * block_size
+            ids[b, len(seq) : tail] = mask_id
+            docs[b, len(seq) : tail] = 0
     return SFTBatch(ids, docs, response)
 
 

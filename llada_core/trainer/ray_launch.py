@@ -111,9 +111,10 @@ def run_stage(cfg: StageConfig, storage_path: str, max_failures: int = 0, use_gp
     kills that worker once at that step (chaos testing)."""
     preflight(cfg)
     ensure_ray()
-    queue, done = Queue(), threading.Event()
+    done = threading.Event()
+    queue = Queue() if on_metrics or progress else None  # rank 0 sends per-step metrics only when read here
     consumer = threading.Thread(target=_consume, args=(queue, done, cfg.steps, cfg.name, on_metrics, progress), daemon=True)
-    if on_metrics or progress:
+    if queue is not None:
         consumer.start()
     trainer = TorchTrainer(
         _worker_loop,
@@ -135,4 +136,5 @@ def run_stage(cfg: StageConfig, storage_path: str, max_failures: int = 0, use_gp
         done.set()
         if consumer.is_alive():
             consumer.join(timeout=30)
-        queue.shutdown()
+        if queue is not None:
+            queue.shutdown()

@@ -103,13 +103,13 @@ def micro_batch_loss(model, reference, cfg: StageConfig, rows: list[dict], posit
         return block_diffusion_from_logits(logits, x0, doc, block, noise)  # Eq. 1
     gens = [sample_generator(cfg.seed, p) for p in positions]
     if cfg.objective in ("sft", "cap"):
-        batch = pad_examples([(r["input_ids"], r["prompt_len"]) for r in rows], obj.block_size, ids.pad)
+        batch = pad_examples([(r["input_ids"], r["prompt_len"]) for r in rows], obj.block_size, ids.pad, ids.mask)
         kw = dict(complementary_masking=obj.complementary_masking,
                   noise=row_noise(batch.response, gens, obj.alpha_min, obj.alpha_max))
         if cfg.objective == "sft":
             return sft_loss(model, batch, obj.block_size, ids.mask, **kw)
         return cap_loss(model, batch, obj.block_size, ids.mask, lam=obj.cap_lambda, **kw)
-    chosen = pad_examples([(r["chosen_ids"], r["prompt_len"]) for r in rows], obj.block_size, ids.pad)
-    rejected = pad_examples([(r["rejected_ids"], r["prompt_len"]) for r in rows], obj.block_size, ids.pad)
+    chosen = pad_examples([(r["chosen_ids"], r["prompt_len"]) for r in rows], obj.block_size, ids.pad, ids.mask)
+    rejected = pad_examples([(r["rejected_ids"], r["prompt_len"]) for r in rows], obj.block_size, ids.pad, ids.mask)
     noise = (row_noise(chosen.response, gens), row_noise(rejected.response, gens))
     return dpo_loss(model, reference, chosen, rejected, obj.block_size, ids.mask, beta=obj.dpo_beta, noise=noise)
