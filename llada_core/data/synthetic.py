@@ -62,7 +62,6 @@ def _draw(head: str, rng: random.Random) -> tuple[str, str, str] | None:
     return f"{head}: {' '.join(xs)}", " " + " ".join(good), " " + " ".join(bad)
 
 
-
 def check_answer(prompt: str, answer: str) -> bool:
     """Independent checker: recomputes the answer from the prompt alone."""
     head, _, body = prompt.partition(": ")
