@@ -6,20 +6,11 @@ building a model; `init_single_process()` is the 1-rank case for tools and tests
 
 from __future__ import annotations
 
-import os
-import socket
-
 import torch
 import torch.distributed as dist
 
 from llada_core.parallel import cpu_compat
 from llada_core.parallel.layout import ParallelLayout
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def init_parallel(layout: ParallelLayout, seed: int = 1234) -> None:
@@ -45,7 +36,7 @@ def init_parallel(layout: ParallelLayout, seed: int = 1234) -> None:
 def init_single_process(seed: int = 1234) -> None:
     """A 1-rank process group (gloo on CPU) for tools, evaluation and tests."""
     if not dist.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(free_port()))
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", rank=0, world_size=1)
+        # an in-process store: no port, and nothing (MASTER_PORT) left in os.environ for child
+        # processes to inherit - a Ray cluster started later would hand it to every worker
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", store=dist.HashStore(), rank=0, world_size=1)
     init_parallel(ParallelLayout(world_size=1), seed)
