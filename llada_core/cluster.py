@@ -17,4 +17,13 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, **kwargs)
     else:
+        local_ray_train_settings()
         ray.init(num_cpus=num_cpus, **kwargs)
+
+
+def local_ray_train_settings() -> None:
+    """On a local cluster, Ray Train's controller polls its workers every 0.2 s instead of 2 s, so a
+    finished or checkpointing worker group is noticed sooner (measured on 2 cores: a 2-step fit 15.8 s
+    -> 13.1 s). On a real cluster Ray's default stands unless the user sets it: the poll is an RPC
+    per worker. Read from the driver's environment at each fit()."""
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
