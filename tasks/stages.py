@@ -58,7 +58,8 @@ def _train(cfg: TrainConfig, ctx, candidates: bool = False) -> dict:
     steps = []
 
     def on_metrics(step: int, metrics: dict) -> None:
-        steps.append(step)
+        if not metrics.get("replayed"):  # trained in this attempt (replayed ones only fill logging gaps)
+            steps.append(step)
         ctx.log_metrics(step, metrics)
 
     outs = {"checkpoint": storage.join(cfg.out, "checkpoint")}

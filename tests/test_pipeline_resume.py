@@ -20,8 +20,9 @@ from test_s3 import free_port
 
 from pipelines.run_store import LockedError, RunStore
 
-pytestmark = pytest.mark.slow  # drivers with their own local Ray clusters, Ray Train worker groups
-STEPS = 24
+# drivers with their own local Ray clusters, Ray Train worker groups
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_ray")]
+STEPS = 30
 
 
 def write_recipe(tmp_path, corpus_dir, tokenizer_dir, store, tracking_uri) -> str:
@@ -118,8 +119,10 @@ def test_sigkill_driver_then_resume(backend, corpus, tokenizer_dir, tmp_path):
     prepare, train = store.node(run_id, "prepare"), store.node(run_id, "train")
     assert (prepare["state"], prepare["attempts"]) == ("SUCCEEDED", 1)  # never ran twice
     assert (train["state"], train["attempts"]) == ("SUCCEEDED", 2)
-    assert 1 < train["info"]["first_step"] <= len(killed_at) + 1  # continued from a checkpoint, not step 0
-    assert logged_steps(backend["tracking_uri"], run_id, "train") == list(range(1, STEPS + 1))  # no gap, no duplicate
+    assert 1 < train["info"]["first_step"]  # continued from a checkpoint, not step 0
+    # no gap, no duplicate: on 2 cores the driver logs behind the worker (killed with 9 steps logged,
+    # the worker had a checkpoint at 18); the checkpoint's replayed metrics fill steps it never logged
+    assert logged_steps(backend["tracking_uri"], run_id, "train") == list(range(1, STEPS + 1))
 
     from mlflow import MlflowClient
 
@@ -137,7 +140,8 @@ def test_sigkill_driver_then_resume(backend, corpus, tokenizer_dir, tmp_path):
 
         keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="llada")["Contents"]]
         assert any(k.startswith("mlartifacts/") and k.endswith("meta.json") for k in keys)
-        assert any(k.startswith(f"store/runs/{run_id}/train/") and "checkpoint" in k for k in keys)
+        ray_train = [k for k in keys if k.startswith(f"store/runs/{run_id}/train/") and "checkpoint" in k]
+        assert any(k.endswith("trainer_state.json") for k in ray_train) and any(k.endswith(".distcp") for k in ray_train)
 
     again = llada("run", recipe, env=env)  # a new run of the same recipe: nothing recomputed
     out, _ = again.communicate(timeout=300)

@@ -29,10 +29,13 @@ def test_worker_killed_mid_run_finishes_via_failure_config(ray_local, tmp_path):
     stage = StageConfig.model_validate(stage_dict(data, name="ray-dp2", steps=4, checkpoint_every=1, micro_batch=2,
                                                   layout={"world_size": 2}))
     marker = tmp_path / "killed-once"
-    seen = []
+    seen, replayed = [], []
     result = run_stage(stage, str(tmp_path / "runs"), max_failures=1, fault={"rank": 1, "step": 3, "marker": str(marker)},
-                       on_metrics=lambda step, m: seen.append(step))
+                       on_metrics=lambda step, m: (replayed if m.get("replayed") else seen).append(step))
     assert set(seen) == {1, 2, 3, 4} and seen[-1] == 4  # every step reached the driver (redone ones again)
+    # the restarted group replays the restored checkpoint's metrics (a dead driver's logging gap), then goes on
+    r = len(replayed)  # the restored checkpoint's step
+    assert r >= 1 and replayed == list(range(1, r + 1)) and seen[-(4 - r):] == list(range(r + 1, 5))
     assert marker.exists()  # the worker really died once
     assert result.error is None and result.metrics["step"] == 4
     assert result.checkpoint is not None

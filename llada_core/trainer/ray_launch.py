@@ -6,15 +6,19 @@ reports it; Ray merges the files of all workers into one checkpoint under `stora
 is never picked up. After a worker failure (`FailureConfig(max_failures)`), Ray restarts the group
 and `ray.train.get_checkpoint()` hands back the latest REGISTERED checkpoint, which may be older
 than the newest one written: the loop simply redoes those steps (they are deterministic).
-Per-step metrics go from rank 0 straight to the driver through a Ray queue, not through report().
+Per-step metrics go from rank 0 straight to the driver through a Ray queue, not through report();
+each checkpoint also carries the latest steps' metrics, which a restore replays (marked
+`replayed`), so steps a killed driver never logged are not lost.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
 import threading
+from collections import deque
 from collections.abc import Callable
 
 import ray
@@ -28,33 +32,48 @@ from llada_core.cluster import ensure_ray
 from llada_core.config import canonical_json
 from llada_core.trainer.config import StageConfig
 
+METRICS_FILE, METRICS_REPLAY = "metrics_replay.json", 1000
+
 
 def _worker_loop(config: dict) -> None:
     from llada_core.trainer.loop import Trainer
 
     cfg = StageConfig.model_validate_json(config["stage"])
     trainer = Trainer(cfg)  # Ray Train already created the (gloo / nccl) process group
+    rank = ray.train.get_context().get_world_rank()
+    queue = config.get("metrics") if rank == 0 else None
+    # The driver may not have logged every step a checkpoint covers when it dies; each checkpoint
+    # carries the latest steps' metrics and a restore replays them (the driver skips logged steps).
+    recent: deque[dict] = deque(maxlen=METRICS_REPLAY)
     restored = ray.train.get_checkpoint()
     if restored:
         with restored.as_directory() as directory:
             trainer.load(directory)
+            replay = os.path.join(directory, METRICS_FILE)
+            if os.path.exists(replay):
+                recent.extend(json.loads(open(replay, encoding="utf-8").read()))
+        for m in recent if queue is not None else ():
+            queue.put(m | {"replayed": True})
     fault = config.get("fault")
-    rank = ray.train.get_context().get_world_rank()
     while trainer.step < cfg.steps:
-        metrics = trainer.train_step()
+        metrics = trainer.train_step() | {"step": trainer.step}
+        recent.append(metrics)
         if fault and rank == fault["rank"] and trainer.step == fault["step"] and not os.path.exists(fault["marker"]):
             open(fault["marker"], "w").close()  # fail once: the restarted group must get past this step
             os._exit(1)
-        if rank == 0 and config.get("metrics") is not None:
-            config["metrics"].put(metrics | {"step": trainer.step})
+        if queue is not None:
+            queue.put(metrics)
         if trainer.step % cfg.checkpoint_every == 0 or trainer.step == cfg.steps:
             local = tempfile.mkdtemp(prefix=f"llada-ckpt-{rank}-")
             trainer.save_shards(local)
+            if rank == 0:
+                with open(os.path.join(local, METRICS_FILE), "w", encoding="utf-8") as fh:
+                    json.dump(list(recent), fh)
             if config.get("candidates"):  # consolidated copies for the top-k merge (redone steps: same weights)
                 _export(trainer, os.path.join(config["candidates"], f"step-{trainer.step:07d}"))
             # report() only with checkpoints: each report waits for the controller's next poll
             # (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s), which per step would cap a tiny model at 0.5 steps/s
-            ray.train.report(metrics | {"step": trainer.step}, checkpoint=ray.train.Checkpoint.from_directory(local))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(local))
     if config.get("export"):
         _export(trainer, config["export"])
 
