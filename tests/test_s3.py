@@ -85,17 +85,3 @@ def test_unreachable_endpoint_is_a_clear_error(monkeypatch):
     with pytest.raises(DataError, match=r"cannot read s3://bucket/corpus"):
         list_sources("s3://bucket/corpus/")
 
-
-def test_ray_train_checkpoints_on_s3(s3_endpoint, tmp_path):
-    from trainer_fixtures import make_dataset, stage_dict
-
-    from llada_core.trainer.config import StageConfig
-    from llada_core.trainer.ray_launch import run_stage
-
-    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
-    s3.create_bucket(Bucket="llada-runs")
-    stage = StageConfig.model_validate(stage_dict(make_dataset(str(tmp_path)), name="s3-stage", steps=2, checkpoint_every=1))
-    result = run_stage(stage, "s3://llada-runs/runs")
-    assert result.error is None and result.metrics["step"] == 2
-    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="llada-runs", Prefix="runs/s3-stage/")["Contents"]]
-    assert any(k.endswith("trainer_state.json") for k in keys) and any(k.endswith(".distcp") for k in keys)

@@ -9,7 +9,7 @@ import torch
 import torch.multiprocessing as mp
 from trainer_fixtures import make_dataset, make_instruct_dataset, run_worker, stage_dict
 
-pytestmark = pytest.mark.slow  # multi-process worker groups
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_ray")]  # multi-process worker groups
 
 
 def free_port():
@@ -65,27 +65,16 @@ def test_layouts_match_one_rank_for_three_steps(reference, tmp_path, layout, mic
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4), (step, layout)
 
 
-def test_resume_gives_the_same_losses(reference, tmp_path):
-    stage, ref, ref_dir = reference
-    # train 2 steps, checkpoint, then a new process resumes to step 3
-    first = spawn(1, stage | {"steps": 2}, tmp_path, mode="save")
-    (tmp_path / "ckpt-out").rename(tmp_path / "ckpt-in")
-    resumed = spawn(1, stage, tmp_path, mode="resume")
-    assert [h["loss"] for h in first] == pytest.approx([h["loss"] for h in ref[:2]], abs=1e-7)
-    assert len(resumed) == 1 and resumed[0]["samples"] == ref[2]["samples"]
-    assert resumed[0]["loss"] == pytest.approx(ref[2]["loss"], abs=1e-6)
-
-
 @pytest.mark.parametrize("layout, micro_batch", [({"world_size": 2, "tp": 2}, 4), ({"world_size": 2, "ep": 2}, 2),
                                                 ({"world_size": 2, "pp": 2}, 4)])
 def test_checkpoint_saved_under_a_layout_resumes_under_one_rank(reference, tmp_path, layout, micro_batch):
     stage, ref, _ = reference
     spawn(2, stage | {"steps": 2, "layout": layout, "micro_batch": micro_batch}, tmp_path, mode="save")
     (tmp_path / "ckpt-out").rename(tmp_path / "ckpt-in")
-    resumed = spawn(1, stage, tmp_path, mode="resume")
+    resumed = spawn(1, stage, tmp_path, mode="resume")  # step 3 of the 1-rank reference, from step 2's checkpoint
+    assert len(resumed) == 1 and resumed[0]["samples"] == ref[2]["samples"]
     assert resumed[0]["loss"] == pytest.approx(ref[2]["loss"], abs=1e-5)
     # the sharded checkpoint loaded under 1 rank gives the same logits as the model that saved it
-    spawn(1, stage, tmp_path, mode="load")
     saved, loaded = (logits_of(tmp_path / name) for name in ("consolidated-saved", "consolidated-loaded"))
     assert torch.equal(saved, loaded), (layout, (saved - loaded).abs().max())
 

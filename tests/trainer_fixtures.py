@@ -50,13 +50,10 @@ def run_worker(rank: int, world: int, port: int, stage: dict, out: str, mode: st
 
     trainer = Trainer(StageConfig.model_validate(stage))
     tokenizer = os.path.join(stage["data"], "tokenizer")
-    if mode in ("resume", "load"):
+    if mode == "resume":  # then the loaded (resharded) weights, gathered into one consolidated checkpoint
         trainer.load(os.path.join(out, "ckpt-in"))
-    if mode == "load":  # the loaded (resharded) weights, gathered into one consolidated checkpoint
         trainer.save_consolidated(os.path.join(out, "consolidated-loaded"), tokenizer)
-        history = []
-    else:
-        history = trainer.run(os.path.join(out, f"ckpt-{world}-{rank}"))
+    history = trainer.run(os.path.join(out, f"ckpt-{world}-{rank}"))
     if mode == "save":
         trainer.save(os.path.join(out, "ckpt-out"))
         trainer.save_consolidated(os.path.join(out, "consolidated-saved"), tokenizer)
