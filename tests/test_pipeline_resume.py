@@ -1,7 +1,7 @@
 """SIGKILL the driver while a training node runs; `llada resume` finishes the run: no node ran twice
 (one MLflow child run per node), the training node continued from its checkpoint (first step after
-the resume > 1), and its metric history has no gap or duplicate. Then a re-run is fully cached, the
-lock refuses a second driver, and lineage names every node. Once on local disk + SQLite MLflow, once
+the resume > 1), and its metric history has no gap or duplicate. Then (S3 only) a re-run is fully
+cached, the lock refuses a second driver, and lineage names every node. Once on local disk + SQLite MLflow, once
 with the run store and Ray Train checkpoints on S3 (moto server) and a real `mlflow server` process
 whose artifact store is that S3."""
 
@@ -143,6 +143,8 @@ def test_sigkill_driver_then_resume(backend, corpus, tokenizer_dir, tmp_path):
         ray_train = [k for k in keys if k.startswith(f"store/runs/{run_id}/train/") and "checkpoint" in k]
         assert any(k.endswith("trainer_state.json") for k in ray_train) and any(k.endswith(".distcp") for k in ray_train)
 
+    if not backend["store"].startswith("s3://"):
+        return  # the re-run, the lock and lineage are storage-agnostic logic (test_dag); checked once, on S3
     again = llada("run", recipe, env=env)  # a new run of the same recipe: nothing recomputed
     out, _ = again.communicate(timeout=300)
     assert again.returncode == 0, out
