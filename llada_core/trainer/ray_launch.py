@@ -51,7 +51,8 @@ def _worker_loop(config: dict) -> None:
             trainer.load(directory)
             replay = os.path.join(directory, METRICS_FILE)
             if os.path.exists(replay):
-                recent.extend(json.loads(open(replay, encoding="utf-8").read()))
+                with open(replay, encoding="utf-8") as fh:
+                    recent.extend(json.load(fh))
         for m in recent if queue is not None else ():
             queue.put(m | {"replayed": True})
     fault = config.get("fault")
