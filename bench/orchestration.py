@@ -38,8 +38,8 @@ def main() -> None:
     import json
 
     (corpus / "a.txt").write_text(inspect.getsource(json) * 3)
-    stage = {"name": "cpt", "objective": "cpt", "data": "${prepare.dataset}", "steps": args.steps, "micro_batch": 4,
-             "checkpoint_every": 10, "model": "tiny", "objective_cfg": {"block_size": 32}}
+    stage = {"name": "cpt", "objective": {"kind": "cpt", "block_size": 32}, "data": "${prepare.dataset}", "steps": args.steps, "micro_batch": 4,
+             "checkpoint_every": 10, "model": "tiny"}
     nodes = [
         {"name": "prepare", "stage": "tasks.stages:prepare_pretrain",
          "config": {"input": str(corpus), "out": "${out}", "seq_len": 128, "tokenizer": {"train": True, "vocab_size": 1024},

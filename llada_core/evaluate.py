@@ -21,12 +21,12 @@ from llada_core.data.shards import read_manifest, read_split
 from llada_core.data.synthetic import check_answer
 from llada_core.model.build import LladaModel
 from llada_core.objectives.block_diffusion import block_diffusion_loss
+from llada_core.objectives.common import row_noise, sample_generator
 from llada_core.objectives.dpo import elbo
 from llada_core.objectives.sft import pad_examples
 from llada_core.parallel.layout import ParallelLayout
 from llada_core.parallel.setup import init_single_process
 from llada_core.sampler import generate_text
-from llada_core.trainer.step import row_noise, sample_generator
 
 
 def load_model(path: str):

@@ -82,9 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
         "llada data make-tasks --out work/raw/tasks --n 4000 --seed 0",
     ])
     p.add_argument("--out", required=True)
-    p.add_argument("--n", type=int, default=4000, help="number of distinct problems")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eval-fraction", type=float, default=0.1)
+    p.add_argument("--n", type=int, help="number of distinct problems (default 4000)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--eval-fraction", type=float, help="share of problems held out for evaluation (default 0.1)")
     p.set_defaults(handler=_cmd_make_tasks)
 
     model = top.add_parser("model", help="import / export model checkpoints", description="Model checkpoints.")
@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_config_show)
 
     p = _parser_with_examples(top, "demo", "run the embedded tiny recipe end to end on this machine", [
-        "llada demo", "llada demo --workdir /tmp/demo instruct.synthetic_tasks=1000",
+        "llada demo", "llada demo --workdir /tmp/demo instruct.tasks.n=1000",
     ])
     p.add_argument("--recipe", default="tiny-cpu", help="recipe name or YAML path")
     p.add_argument("--workdir", help="where the run store, artifacts, MLflow database and report go (default: work)")
@@ -162,8 +162,10 @@ def _cmd_prepare_instruct(args) -> int:
 
 def _cmd_make_tasks(args) -> int:
     from llada_core.data.synthetic import write_task_files
+    from tasks.stages import MakeTasksConfig
 
-    print(json.dumps(write_task_files(args.out, args.n, args.seed, args.eval_fraction), indent=2))
+    cfg = load_config(MakeTasksConfig, values=_flags(args, ["out", "n", "seed", "eval_fraction"]))
+    print(json.dumps(write_task_files(cfg.out, cfg.n, cfg.seed, cfg.eval_fraction), indent=2))
     return 0
 
 

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llada_core.model.config import ModelConfig, load_preset, pad_vocab
+from llada_core.objectives.registry import build_objective
 from llada_core.parallel.layout import ParallelLayout
+from llada_core.trainer.config import StageConfig
 from pipelines import dag
 
 GiB = 1 << 30
@@ -64,7 +66,8 @@ def plan(cfg) -> dict:
     elif cfg.base.hf_checkpoint:  # not on this machine: the preset names the shape it will have
         model = load_preset(cfg.training.model, list(cfg.training.model_overrides))
     else:
-        model = load_preset(cfg.training.model, [f"vocab_size={pad_vocab(cfg.data.vocab_size)}", *cfg.training.model_overrides])
+        vocab = pad_vocab(cfg.data.tokenizer.vocab_size)
+        model = load_preset(cfg.training.model, [f"vocab_size={vocab}", *cfg.training.model_overrides])
     layout = cfg.parallel
     layout.check_model(model.num_layers, model.num_experts, model.num_heads, model.num_kv_heads, model.vocab_size)
     nodes = dag.validate(build_nodes(cfg), missing_paths_ok=True)  # inputs may exist only on the cluster
@@ -74,12 +77,15 @@ def plan(cfg) -> dict:
         if not stage:
             stages.append({"node": node.name, "stage": node.stage.split(":")[-1]})
             continue
-        bd = stage["objective"] in ("cpt", "sft", "cap", "dpo") and node.name != "cpt_stable"  # stable: x_t only
-        seq = cfg.seq_len if stage["objective"] in ("ar", "cpt") else cfg.instruct.max_len
-        mem = estimate(model, layout, seq, stage["micro_batch"], block_diffusion=bd, reference_model=stage["objective"] == "dpo")
-        global_batch = stage["micro_batch"] * stage["grad_accum"] * layout.dp
-        stages.append({"node": node.name, "objective": stage["objective"], "steps": stage["steps"],
-                       "global_batch": global_batch, "tokens": stage["steps"] * global_batch * seq,
+        stage = StageConfig.model_validate(stage)
+        objective = build_objective(stage.objective)
+        seq = cfg.seq_len if objective.data_kind == "pretrain" else cfg.instruct.max_len
+        block = stage.schedule.build().at(stage.schedule_offset_tokens).block_size if stage.schedule else None
+        mem = estimate(model, layout, seq, stage.micro_batch, block_diffusion=objective.input_length(seq, block) > seq,
+                       reference_model=objective.needs_reference)
+        global_batch = stage.micro_batch * stage.grad_accum * layout.dp
+        stages.append({"node": node.name, "objective": objective.kind, "steps": stage.steps,
+                       "global_batch": global_batch, "tokens": stage.steps * global_batch * seq,
                        "memory_gib": round(mem.total_gib, 1), "weights_grads_optimizer_gib": round(mem.weights_grads_optimizer_gib, 1),
                        "activations_gib": round(mem.activations_gib, 1), "logits_gib": round(mem.logits_gib, 1)})
     return {"recipe": cfg.name, "layout": layout.model_dump(), "dp": layout.dp,

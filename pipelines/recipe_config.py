@@ -1,6 +1,8 @@
 """A recipe's config: one YAML file (pipelines/recipes/NAME.yaml) validated as a whole at load.
 
 Cross-section checks live here (one seq_len for data and schedule); each section validates itself.
+A section reuses the config of the stage it feeds (its settings part: the knobs a user sets, with
+their one default); the recipe builder (llada2_recipe) adds the wiring: paths, names, layout, seed.
 """
 
 from __future__ import annotations
@@ -10,69 +12,64 @@ from pathlib import Path
 from pydantic import Field, model_validator
 
 from llada_core.config import StrictModel, load_config, named_yaml
+from llada_core.objectives.block_diffusion import CPTConfig
+from llada_core.objectives.cap import CAPConfig
+from llada_core.objectives.dpo import DPOConfig
+from llada_core.objectives.sft import SFTConfig
 from llada_core.parallel.layout import ParallelLayout
 from llada_core.schedule import WSDConfig
+from llada_core.trainer.config import LaunchConfig, StageSettings
+from tasks.prepare_data import PretrainDataSettings
+from tasks.prepare_instruct import InstructDataSettings
+from tasks.stages import EvalSettings, MergeSettings, TaskSetSettings
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 
 
-class PretrainData(StrictModel):
+class PretrainData(PretrainDataSettings):
     input: str = "stdlib"  # file, dir, glob, s3:// URI or `stdlib` (the embedded corpus)
-    tokenizer: str | None = None  # an HF tokenizer dir / tokenizer.json; None = train a BPE
-    vocab_size: int = Field(4096, ge=264)
-    add_mask_token: str | None = None
-    val_fraction: float = Field(0.02, ge=0.0, lt=1.0)
 
 
-class InstructData(StrictModel):
-    synthetic_tasks: int = Field(4000, ge=8)  # embedded task generator; ignored when inputs are given
-    eval_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+class InstructData(InstructDataSettings):
+    tasks: TaskSetSettings = TaskSetSettings()  # the embedded task generator; unused when both inputs are given
     sft_input: str | None = None  # user SFT jsonl/parquet (prompt/response or messages)
     dpo_input: str | None = None  # user DPO jsonl/parquet (prompt/chosen/rejected)
-    max_len: int = Field(128, ge=4)
-    val_fraction: float = Field(0.05, ge=0.0, lt=1.0)
 
 
-class Training(StrictModel):
+class Training(LaunchConfig):
     """Shared by every training node of the recipe."""
 
     model: str = "tiny"  # preset of the AR base trained from scratch (ignored with base.hf_checkpoint)
     model_overrides: list[str] = []
-    max_failures: int = Field(2, ge=0)
-    cpus_per_worker: float = Field(1.0, gt=0)
-    use_gpu: bool = False
-    checkpoint_every: int = Field(50, ge=1)
 
 
-class Base(StrictModel):
+class Base(StageSettings):
     hf_checkpoint: str | None = None  # an AR HF checkpoint dir to import; None = AR-pretrain the preset
     steps: int = Field(100, ge=1)
-    micro_batch: int = Field(8, ge=1)
-    lr: float = Field(2e-3, gt=0)
 
 
-class CPT(StrictModel):
-    micro_batch: int = Field(8, ge=1)  # tokens per step = micro_batch * grad_accum * dp * seq_len
-    grad_accum: int = Field(1, ge=1)
-    merge_top_k: int = Field(3, ge=1)  # after decay: average the k best decay checkpoints (val ELBO)
+class CPT(StageSettings):
+    """Every CPT phase node; tokens per step = micro_batch * grad_accum * dp * seq_len, steps and lr
+    from the schedule."""
+
+    objective: CPTConfig = CPTConfig()
     candidates_every: int = Field(10, ge=1)  # decay-phase checkpoint (and merge candidate) interval
 
 
-class Finetune(StrictModel):
+class Finetune(StageSettings):
     steps: int = Field(ge=1)
-    micro_batch: int = Field(16, ge=1)
-    grad_accum: int = Field(1, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    min_lr: float = Field(1e-4, ge=0)
-    block_size: int = Field(32, ge=1)
 
 
-class Evaluation(StrictModel):
-    n_tasks: int = Field(100, ge=1)
-    threshold: float = Field(0.95, ge=0, le=1)
-    sweep: list[float] = [0.5, 0.7, 0.9, 0.95]
-    block_size: int = Field(32, ge=1)
-    max_rows: int = Field(32, ge=1)
+class SFTStage(Finetune):
+    objective: SFTConfig = SFTConfig()
+
+
+class CAPStage(Finetune):
+    objective: CAPConfig = CAPConfig()
+
+
+class DPOStage(Finetune):
+    objective: DPOConfig = DPOConfig()
 
 
 class RecipeConfig(StrictModel):
@@ -92,10 +89,11 @@ class RecipeConfig(StrictModel):
     training: Training = Training()
     base: Base = Base()
     cpt: CPT = CPT()
-    sft: Finetune = Finetune(steps=100)
-    cap: Finetune = Finetune(steps=50)
-    dpo: Finetune = Finetune(steps=50, lr=2e-4, micro_batch=8)
-    eval: Evaluation = Evaluation()
+    merge: MergeSettings = MergeSettings()  # top-k merge of the decay checkpoints
+    sft: SFTStage = SFTStage(steps=100)
+    cap: CAPStage = CAPStage(steps=50)
+    dpo: DPOStage = DPOStage(steps=50)
+    eval: EvalSettings = EvalSettings()
 
     @model_validator(mode="before")
     @classmethod

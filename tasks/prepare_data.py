@@ -49,15 +49,20 @@ class TokenizerSpec(StrictModel):
         return self
 
 
-class PrepareDataConfig(StrictModel):
+class PretrainDataSettings(StrictModel):
+    """What a recipe's `data:` section sets; the recipe adds the wiring (PrepareDataConfig)."""
+
+    tokenizer: TokenizerSpec = TokenizerSpec(train=True)
+    val_fraction: float = Field(0.01, ge=0.0, lt=1.0)
+    on_bad_utf8: Literal["skip", "fail"] = "skip"
+    rows_per_shard: int = Field(4096, ge=1)
+
+
+class PrepareDataConfig(PretrainDataSettings):
     input: str  # file, directory, glob, s3:// URI, or `stdlib`
     out: str
     seq_len: int = Field(ge=2)
-    tokenizer: TokenizerSpec = TokenizerSpec(train=True)
-    val_fraction: float = Field(0.01, ge=0.0, lt=1.0)
     seed: int = 0  # salts the train/val document hash
-    on_bad_utf8: Literal["skip", "fail"] = "skip"
-    rows_per_shard: int = Field(4096, ge=1)
     num_workers: int = Field(2, ge=1)  # tokenizer actors
     overwrite: bool = False
     verbose: bool = False

@@ -31,18 +31,23 @@ def schema_of(kind: str) -> pa.Schema:
     return pa.schema([(c, pa.list_(pa.int32())) for c in SEQ_COLUMNS[kind]] + [("prompt_len", pa.int32())])
 
 
-class PrepareInstructConfig(StrictModel):
+class InstructDataSettings(StrictModel):
+    """What a recipe's `instruct:` section sets of both instruction data stages."""
+
+    max_len: int = Field(2048, ge=4)
+    on_too_long: Literal["error", "drop"] = "drop"
+    val_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    on_bad_utf8: Literal["skip", "fail"] = "skip"
+    rows_per_shard: int = Field(8192, ge=1)
+
+
+class PrepareInstructConfig(InstructDataSettings):
     kind: Literal["sft", "dpo"]
     input: str  # jsonl/parquet file, directory, glob or s3:// URI
     out: str
     tokenizer: str  # the pretraining dataset's tokenizer dir (DST/tokenizer) or any HF tokenizer
     add_mask_token: str | None = None
-    max_len: int = Field(2048, ge=4)
-    on_too_long: Literal["error", "drop"] = "drop"
-    val_fraction: float = Field(0.0, ge=0.0, lt=1.0)
     seed: int = 0
-    on_bad_utf8: Literal["skip", "fail"] = "skip"
-    rows_per_shard: int = Field(8192, ge=1)
     num_workers: int = Field(2, ge=1)
     overwrite: bool = False
     verbose: bool = False

@@ -12,16 +12,21 @@ from pydantic import Field
 
 from llada_core import storage
 from llada_core.config import StrictModel
-from llada_core.trainer.config import StageConfig
+from llada_core.trainer.config import LaunchConfig, StageConfig
 from pipelines.dag import Stage
 from tasks import prepare_data, prepare_instruct
 
 
-class MakeTasksConfig(StrictModel):
-    out: str
-    n: int = Field(4000, ge=8)
-    seed: int = 0
+class TaskSetSettings(StrictModel):
+    """The built-in verifiable instruction problems (llada_core.data.synthetic)."""
+
+    n: int = Field(4000, ge=8)  # distinct problems
     eval_fraction: float = Field(0.1, gt=0, lt=1)
+
+
+class MakeTasksConfig(TaskSetSettings):
+    out: str
+    seed: int = 0
 
 
 def _make_tasks(cfg: MakeTasksConfig, ctx) -> dict:
@@ -41,12 +46,9 @@ def _prepare_instruct(cfg: prepare_instruct.PrepareInstructConfig, ctx) -> dict:
     return {"dataset": cfg.out}
 
 
-class TrainConfig(StrictModel):
+class TrainConfig(LaunchConfig):
     stage: StageConfig  # data / init_checkpoint / reference_checkpoint: upstream outputs
     out: str
-    max_failures: int = Field(2, ge=0)  # worker-group restarts from the latest registered checkpoint
-    cpus_per_worker: float = Field(1.0, gt=0)
-    use_gpu: bool = False
 
 
 def _train(cfg: TrainConfig, ctx, candidates: bool = False) -> dict:
@@ -72,13 +74,16 @@ def _train(cfg: TrainConfig, ctx, candidates: bool = False) -> dict:
     return outs
 
 
-class MergeConfig(StrictModel):
+class MergeSettings(StrictModel):
+    k: int = Field(3, ge=1)  # average the k best candidates by validation ELBO
+    block_size: int = Field(32, ge=1)
+    max_rows: int = Field(32, ge=1)
+
+
+class MergeConfig(MergeSettings):
     candidates: str  # a directory of consolidated checkpoints (step-*)
     dataset: str  # pretraining dataset: the validation split ranks the candidates
     out: str
-    k: int = Field(3, ge=1)
-    block_size: int = Field(32, ge=1)
-    max_rows: int = Field(32, ge=1)
 
 
 def _merge(cfg: MergeConfig, ctx) -> dict:
@@ -98,7 +103,17 @@ def _merge(cfg: MergeConfig, ctx) -> dict:
     return {"checkpoint": out}
 
 
-class EvalConfig(StrictModel):
+class EvalSettings(StrictModel):
+    """What a recipe's `eval:` section sets."""
+
+    n_tasks: int = Field(100, ge=1)
+    threshold: float = Field(0.95, ge=0, le=1)
+    sweep: list[float] = [0.5, 0.7, 0.9, 0.95]
+    block_size: int = Field(32, ge=1)
+    max_rows: int = Field(32, ge=1)
+
+
+class EvalConfig(EvalSettings):
     models: dict[str, str]  # label -> consolidated checkpoint
     pretrain: str  # dataset: ELBO perplexity on its val split
     tasks: str  # directory with sft_eval.jsonl (held-out verifiable tasks)
@@ -107,11 +122,6 @@ class EvalConfig(StrictModel):
     sweep_models: list[str] = ["sft", "cap"]  # + a threshold sweep on half the tasks (accuracy vs TPF)
     preference_models: list[str] = ["cap", "dpo"]
     out: str
-    block_size: int = Field(32, ge=1)
-    threshold: float = Field(0.95, ge=0, le=1)
-    sweep: list[float] = [0.5, 0.7, 0.9, 0.95]
-    n_tasks: int = Field(100, ge=1)
-    max_rows: int = Field(32, ge=1)
 
 
 def _eval(cfg: EvalConfig, ctx) -> dict:

@@ -71,7 +71,7 @@ def test_seq_len_below_two_rejected():
 
 
 def test_overrides_parse_yaml_and_win_over_file():
-    cfg = load_recipe("tiny-cpu", ["seq_len=512", "parallel.world_size=4", "parallel.tp=2", "data.tokenizer=null"])
+    cfg = load_recipe("tiny-cpu", ["seq_len=512", "parallel.world_size=4", "parallel.tp=2", "data.tokenizer.path=null"])
     assert cfg.seq_len == 512 and cfg.schedule.seq_len == 512
     assert cfg.parallel.tp == 2 and cfg.parallel.dp == 2 and cfg.parallel.use_sequence_parallel
     with pytest.raises(ConfigError, match="not of the form"):

@@ -6,10 +6,11 @@ import pytest
 import torch
 from tiny_attention_model import TinyAttentionLM
 
+from llada_core.model.build import add_mask_embedding_noise
 from llada_core.objectives.ar import ar_loss
 from llada_core.objectives.block_diffusion import block_diffusion_loss, denoise_logits, mdlm_loss
 from llada_core.objectives.cap import cap_loss, confidence_entropy
-from llada_core.objectives.common import Noise, add_mask_embedding_noise, draw_noise
+from llada_core.objectives.common import Noise, draw_noise
 from llada_core.objectives.dpo import dpo_loss, elbo
 from llada_core.objectives.sft import complementary, pad_examples, sft_loss
 

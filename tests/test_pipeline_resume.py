@@ -26,9 +26,8 @@ STEPS = 30
 
 
 def write_recipe(tmp_path, corpus_dir, tokenizer_dir, store, tracking_uri) -> str:
-    stage = {"name": "cpt", "objective": "cpt", "data": "${prepare.dataset}", "steps": STEPS, "micro_batch": 2,
-             "checkpoint_every": 3, "model": "tiny", "model_overrides": ["num_layers=2"],
-             "objective_cfg": {"block_size": 16}}
+    stage = {"name": "cpt", "objective": {"kind": "cpt", "block_size": 16}, "data": "${prepare.dataset}", "steps": STEPS, "micro_batch": 2,
+             "checkpoint_every": 3, "model": "tiny", "model_overrides": ["num_layers=2"]}
     nodes = [
         {"name": "prepare", "stage": "tasks.stages:prepare_pretrain",
          "config": {"input": corpus_dir, "out": "${out}", "seq_len": 64, "tokenizer": {"path": tokenizer_dir},

@@ -29,8 +29,18 @@ def test_worker_killed_mid_run_finishes_via_failure_config(ray_local, tmp_path):
     stage = StageConfig.model_validate(stage_dict(data, name="ray-dp2", steps=4, checkpoint_every=1, micro_batch=2,
                                                   layout={"world_size": 2}))
     marker = tmp_path / "killed-once"
+
+    def kill_rank_1_once_at_step_3(trainer, metrics):  # nested: Ray pickles it by value to the workers
+        import os
+
+        import torch.distributed as dist
+
+        if dist.get_rank() == 1 and trainer.step == 3 and not os.path.exists(marker):
+            open(marker, "w").close()  # fail once: the restarted group must get past this step
+            os._exit(1)
+
     seen, replayed = [], []
-    result = run_stage(stage, str(tmp_path / "runs"), max_failures=1, fault={"rank": 1, "step": 3, "marker": str(marker)},
+    result = run_stage(stage, str(tmp_path / "runs"), max_failures=1, on_step=kill_rank_1_once_at_step_3,
                        on_metrics=lambda step, m: (replayed if m.get("replayed") else seen).append(step))
     assert set(seen) == {1, 2, 3, 4} and seen[-1] == 4  # every step reached the driver (redone ones again)
     # the restarted group replays the restored checkpoint's metrics (a dead driver's logging gap), then goes on

@@ -18,21 +18,21 @@ def datasets(tmp_path_factory):
 
 
 def run(stage: dict, tmp_path):
-    from llada_core.trainer.loop import Trainer
+    from llada_core.trainer.loop import Trainer, local_checkpoints
 
     if not dist.is_initialized():
         from llada_core.parallel.setup import init_single_process
 
         init_single_process()
     trainer = Trainer(StageConfig.model_validate(stage))
-    return trainer, trainer.run(tmp_path / "ckpts")
+    return trainer, trainer.run(local_checkpoints(tmp_path / "ckpts"))
 
 
 @pytest.mark.parametrize("objective", ["sft", "cap"])
 def test_sft_and_cap_train(datasets, tmp_path, objective):
     _, sft, _ = datasets
     trainer, history = run(stage_dict(sft, name=objective, objective=objective, steps=3, micro_batch=4,
-                                      objective_cfg={"block_size": 8}, optim={"lr": 3e-3, "decay": "constant"}), tmp_path)
+                                      optim={"lr": 3e-3, "decay": "constant"}), tmp_path)
     assert len(history) == 3 and all(h["loss"] > 0 for h in history)
     assert history[0]["response_tokens"] > 0 and "grad_norm" in history[0]
     if objective == "cap":
@@ -41,10 +41,10 @@ def test_sft_and_cap_train(datasets, tmp_path, objective):
 
 def test_dpo_with_frozen_reference_and_consolidated_handoff(datasets, tmp_path):
     pretrain, sft, dpo = datasets
-    trainer, _ = run(stage_dict(sft, name="sft", objective="sft", steps=2, objective_cfg={"block_size": 8}), tmp_path / "a")
+    trainer, _ = run(stage_dict(sft, name="sft", objective="sft", steps=2), tmp_path / "a")
     trainer.save_consolidated(tmp_path / "sft-final", f"{pretrain}/tokenizer")
-    stage = stage_dict(dpo, name="dpo", objective="dpo", steps=2, init_checkpoint=str(tmp_path / "sft-final"),
-                       reference_checkpoint=str(tmp_path / "sft-final"), objective_cfg={"block_size": 8, "dpo_beta": 0.1})
+    stage = stage_dict(dpo, name="dpo", objective={"kind": "dpo", "block_size": 8, "beta": 0.1}, steps=2,
+                       init_checkpoint=str(tmp_path / "sft-final"), reference_checkpoint=str(tmp_path / "sft-final"))
     stage.pop("model_overrides", None)
     dpo_trainer, history = run(stage, tmp_path / "b")
     # policy == reference at step 0: the margin is exactly 0 and the loss is log 2

@@ -30,10 +30,12 @@ def make_dataset(root: str, rows: int = 96) -> str:
     return os.path.join(root, "ds")
 
 
-def stage_dict(data: str, **over) -> dict:
-    base = {"name": "cpt-test", "objective": "cpt", "data": data, "micro_batch": 4, "grad_accum": 2, "steps": 3,
-            "objective_cfg": {"block_size": 8}, "optim": {"lr": 1e-3, "warmup_steps": 0, "decay": "constant",
-                                                          "grad_clip": 0.5}, "checkpoint_every": 100}
+def stage_dict(data: str, objective: str | dict = "cpt", **over) -> dict:
+    """A stage config; `objective` is a kind (block size 8) or a whole objective config."""
+    if isinstance(objective, str):
+        objective = {"kind": objective, "block_size": 8}
+    base = {"name": "cpt-test", "objective": objective, "data": data, "micro_batch": 4, "grad_accum": 2, "steps": 3,
+            "optim": {"lr": 1e-3, "warmup_steps": 0, "decay": "constant", "grad_clip": 0.5}, "checkpoint_every": 100}
     return json.loads(json.dumps(base | over))
 
 
@@ -46,14 +48,14 @@ def run_worker(rank: int, world: int, port: int, stage: dict, out: str, mode: st
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     from llada_core.trainer.config import StageConfig
-    from llada_core.trainer.loop import Trainer
+    from llada_core.trainer.loop import Trainer, local_checkpoints
 
     trainer = Trainer(StageConfig.model_validate(stage))
     tokenizer = os.path.join(stage["data"], "tokenizer")
     if mode == "resume":  # then the loaded (resharded) weights, gathered into one consolidated checkpoint
         trainer.load(os.path.join(out, "ckpt-in"))
         trainer.save_consolidated(os.path.join(out, "consolidated-loaded"), tokenizer)
-    history = trainer.run(os.path.join(out, f"ckpt-{world}-{rank}"))
+    history = trainer.run(local_checkpoints(os.path.join(out, f"ckpt-{world}-{rank}")))
     if mode == "save":
         trainer.save(os.path.join(out, "ckpt-out"))
         trainer.save_consolidated(os.path.join(out, "consolidated-saved"), tokenizer)

@@ -24,8 +24,17 @@ from torch import Tensor, nn
 
 from llada_core.model.attention import KVCache, core_attention_class
 from llada_core.model.config import ModelConfig
-from llada_core.objectives.common import add_mask_embedding_noise
 from llada_core.parallel.layout import ParallelLayout
+
+
+def add_mask_embedding_noise(embeddings: Tensor, input_ids: Tensor, mask_id: int, std: float,
+                             generator: torch.Generator | None = None) -> Tensor:
+    """Early-CPT stabiliser (R§4): Gaussian noise on the embedding output at [MASK] positions,
+    whose embedding an AR base model left near zero. embeddings: [B, S, H]."""
+    if std <= 0:
+        return embeddings
+    noise = torch.randn(embeddings.shape, generator=generator, device=embeddings.device, dtype=embeddings.dtype)
+    return embeddings + std * noise * (input_ids == mask_id).unsqueeze(-1).to(embeddings.dtype)
 
 
 class IndexedRotaryEmbedding(RotaryEmbedding):

@@ -11,11 +11,35 @@ ELBO weighting stays intact. Pad tokens (doc_ids = -1) are never masked and neve
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
+from pydantic import Field
 from torch import Tensor
 
 from llada_core import masks
-from llada_core.objectives.common import LossOutput, Noise, apply_noise, draw_noise, positions, token_nll
+from llada_core.config import StrictModel
+from llada_core.objectives.base import Objective, StepContext
+from llada_core.objectives.common import (
+    LossOutput,
+    Noise,
+    apply_noise,
+    draw_noise,
+    packed_tensors,
+    packed_tokens,
+    positions,
+    row_noise,
+    sample_generator,
+    token_nll,
+)
+
+
+class CPTConfig(StrictModel):
+    kind: Literal["cpt"] = "cpt"
+    block_size: int = Field(32, ge=1)  # when no WSD schedule drives it
+    mask_noise_std: float = Field(0.0, ge=0)  # early-CPT noise on [MASK] embeddings (R§4)
+    mask_noise_steps: int = Field(0, ge=0)
 
 
 def denoise_inputs(xt: Tensor, x0: Tensor, doc_ids: Tensor, block_size: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -38,7 +62,8 @@ def weighted_masked_nll(logits: Tensor, x0: Tensor, noise: Noise) -> Tensor:
     return (token_nll(logits, x0) * noise.masked).sum(1) / noise.t
 
 
-def block_diffusion_from_logits(logits: Tensor, x0: Tensor, doc_ids: Tensor, block_size: int, noise: Noise) -> LossOutput:
+def block_diffusion_from_logits(logits: Tensor, x0: Tensor, doc_ids: Tensor, block_size: int,
+                                noise: Noise) -> LossOutput:
     """Eq. 1 from the denoiser's output (the first L positions are the x_t half)."""
     logits = logits[:, : x0.shape[1]]
     valid = doc_ids >= 0
@@ -59,3 +84,40 @@ def mdlm_loss(model, x0: Tensor, doc_ids: Tensor, mask_id: int, noise: Noise | N
               generator: torch.Generator | None = None) -> LossOutput:
     """Eq. 2: the stable phase, L_B = L, input x_t only."""
     return block_diffusion_loss(model, x0, doc_ids, x0.shape[1], mask_id, noise, generator)
+
+
+@dataclass
+class NoisedBatch:
+    x0: Tensor
+    doc_ids: Tensor
+    noise: Noise
+    block_size: int
+    mask_id: int
+    mask_noise: tuple | None  # (mask_id, std, generator) for the model's [MASK]-embedding noise
+
+
+class CPT(Objective):
+    kind, Config, data_kind = "cpt", CPTConfig, "pretrain"
+
+    def batch(self, rows: list[dict], ctx: StepContext) -> NoisedBatch:
+        x0, doc = packed_tensors(rows)
+        noise = row_noise(doc >= 0, [sample_generator(ctx.seed, p) for p in ctx.positions])
+        block = min(ctx.block_size or self.cfg.block_size, x0.shape[1])
+        mask_noise = None
+        if self.cfg.mask_noise_std and ctx.step < self.cfg.mask_noise_steps:
+            mask_noise = (ctx.mask_id, self.cfg.mask_noise_std, sample_generator(ctx.seed + 1, ctx.positions[0]))
+        return NoisedBatch(x0, doc, noise, block, ctx.mask_id, mask_noise)
+
+    def model_inputs(self, b: NoisedBatch) -> dict:
+        ids, pos, allowed = denoise_inputs(apply_noise(b.x0, b.noise, b.mask_id), b.x0, b.doc_ids, b.block_size)
+        extra = {"mask_noise": b.mask_noise} if b.mask_noise else {}
+        return {"input_ids": ids, "position_ids": pos, "allowed": allowed} | extra
+
+    def loss(self, logits: Tensor, b: NoisedBatch) -> LossOutput:
+        return block_diffusion_from_logits(logits, b.x0, b.doc_ids, b.block_size, b.noise)  # Eq. 1
+
+    def real_tokens(self, rows: list[dict]) -> int:
+        return packed_tokens(rows)
+
+
+OBJECTIVE = CPT

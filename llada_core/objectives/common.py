@@ -3,10 +3,15 @@
 For each sequence draw t = eps + (1 - eps) * U(0, 1) (or U(alpha_min, alpha_max) for SFT) and mask
 each eligible token independently with probability t. Labels are NOT shifted: the logit at
 position i predicts token i.
+
+Each row's noise comes from a generator seeded by (seed, the row's global sample position): the same
+sample gets the same mask whatever the parallel layout or micro-batch split, and a resumed run
+redraws exactly the masks an uninterrupted run would.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import torch
@@ -30,13 +35,25 @@ class LossOutput:
     noise: Noise | None = None
 
 
-def draw_noise(eligible: Tensor, generator: torch.Generator | None = None, t_min: float = EPS, t_max: float = 1.0) -> Noise:
+def draw_noise(eligible: Tensor, generator: torch.Generator | None = None, t_min: float = EPS,
+               t_max: float = 1.0) -> Noise:
     """t ~ U(t_min, t_max) per sequence; each eligible token masked with probability t."""
     B = eligible.shape[0]
     u = torch.rand(B, generator=generator, device=eligible.device)
     t = t_min + (t_max - t_min) * u
     masked = (torch.rand(eligible.shape, generator=generator, device=eligible.device) < t[:, None]) & eligible
     return Noise(t, masked)
+
+
+def sample_generator(seed: int, position: int) -> torch.Generator:
+    digest = hashlib.sha256(f"{seed}:{position}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:7], "big"))
+
+
+def row_noise(eligible: Tensor, generators: list[torch.Generator], t_min: float = EPS, t_max: float = 1.0) -> Noise:
+    """draw_noise, one row at a time, each from its own sample's generator."""
+    rows = [draw_noise(eligible[i : i + 1], g, t_min, t_max) for i, g in enumerate(generators)]
+    return Noise(torch.cat([r.t for r in rows]), torch.cat([r.masked for r in rows]))
 
 
 def apply_noise(x0: Tensor, noise: Noise, mask_id: int) -> Tensor:
@@ -52,11 +69,12 @@ def positions(batch: int, length: int, device) -> Tensor:
     return torch.arange(length, device=device).expand(batch, length)
 
 
-def add_mask_embedding_noise(embeddings: Tensor, input_ids: Tensor, mask_id: int, std: float,
-                             generator: torch.Generator | None = None) -> Tensor:
-    """Early-CPT stabiliser (R§4): Gaussian noise on the embedding output at [MASK] positions,
-    whose embedding an AR base model left near zero. embeddings: [B, S, H]."""
-    if std <= 0:
-        return embeddings
-    noise = torch.randn(embeddings.shape, generator=generator, device=embeddings.device, dtype=embeddings.dtype)
-    return embeddings + std * noise * (input_ids == mask_id).unsqueeze(-1).to(embeddings.dtype)
+def packed_tensors(rows: list[dict]) -> tuple[Tensor, Tensor]:
+    """(input_ids, doc_ids) of packed pretraining rows."""
+    x0 = torch.tensor([r["input_ids"] for r in rows], dtype=torch.long)
+    doc = torch.tensor([r["doc_ids"] for r in rows], dtype=torch.long)
+    return x0, doc
+
+
+def packed_tokens(rows: list[dict]) -> int:
+    return sum(sum(1 for d in r["doc_ids"] if d >= 0) for r in rows)

@@ -5,18 +5,38 @@
 
 CHOICE (VRPO, LLaDA-1.5): the same (t, mask) draw is shared by policy and reference for the same
 sequence, so the difference B_theta - B_ref has low variance. beta default 0.1. The reference is
-frozen: its forward runs under no_grad.
+frozen: its forward runs under no_grad. Two forwards of each model per micro-batch: no pipeline
+parallelism.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor
 
+from llada_core.config import StrictModel
+from llada_core.objectives.base import Objective, StepContext
 from llada_core.objectives.block_diffusion import denoise_logits, weighted_masked_nll
-from llada_core.objectives.common import LossOutput, Noise, apply_noise, draw_noise
-from llada_core.objectives.sft import SFTBatch
+from llada_core.objectives.common import (
+    LossOutput,
+    Noise,
+    apply_noise,
+    draw_noise,
+    row_noise,
+    sample_generator,
+)
+from llada_core.objectives.sft import SFTBatch, example_batch
+
+
+class DPOConfig(StrictModel):
+    kind: Literal["dpo"] = "dpo"
+    block_size: int = Field(32, ge=1)
+    beta: float = Field(0.1, gt=0)
 
 
 def elbo(model, batch: SFTBatch, noise: Noise, block_size: int, mask_id: int) -> Tensor:
@@ -30,12 +50,44 @@ def dpo_loss(policy, reference, chosen: SFTBatch, rejected: SFTBatch, block_size
              beta: float = 0.1, generator: torch.Generator | None = None,
              noise: tuple[Noise, Noise] | None = None) -> LossOutput:
     noise_w, noise_l = noise or (draw_noise(chosen.response, generator), draw_noise(rejected.response, generator))
-    pol_w, pol_l = elbo(policy, chosen, noise_w, block_size, mask_id), elbo(policy, rejected, noise_l, block_size, mask_id)
+    pol_w = elbo(policy, chosen, noise_w, block_size, mask_id)
+    pol_l = elbo(policy, rejected, noise_l, block_size, mask_id)
     with torch.no_grad():
-        ref_w, ref_l = elbo(reference, chosen, noise_w, block_size, mask_id), elbo(reference, rejected, noise_l, block_size, mask_id)
+        ref_w = elbo(reference, chosen, noise_w, block_size, mask_id)
+        ref_l = elbo(reference, rejected, noise_l, block_size, mask_id)
     margin = (pol_w - ref_w) - (pol_l - ref_l)
     loss = -F.logsigmoid(beta * margin).mean()
     m = margin.detach()
     metrics = {"margin": m.mean().item(), "accuracy": (m > 0).float().mean().item(),
                "elbo_chosen": pol_w.detach().mean().item(), "elbo_rejected": pol_l.detach().mean().item()}
     return LossOutput(loss, metrics)
+
+
+@dataclass
+class PairBatch:
+    chosen: SFTBatch
+    rejected: SFTBatch
+    noise: tuple[Noise, Noise]
+    mask_id: int
+
+
+class DPO(Objective):
+    kind, Config, data_kind = "dpo", DPOConfig, "dpo"
+    needs_reference, pipeline_parallel = True, False
+
+    def batch(self, rows: list[dict], ctx: StepContext) -> PairBatch:
+        chosen = example_batch(rows, "chosen_ids", self.cfg.block_size, ctx)
+        rejected = example_batch(rows, "rejected_ids", self.cfg.block_size, ctx)
+        gens = [sample_generator(ctx.seed, p) for p in ctx.positions]  # chosen's draw, then rejected's
+        return PairBatch(chosen, rejected, (row_noise(chosen.response, gens), row_noise(rejected.response, gens)),
+                         ctx.mask_id)
+
+    def forward_loss(self, model, reference, b: PairBatch) -> LossOutput:
+        return dpo_loss(model, reference, b.chosen, b.rejected, self.cfg.block_size, b.mask_id, beta=self.cfg.beta,
+                        noise=b.noise)
+
+    def real_tokens(self, rows: list[dict]) -> int:
+        return sum(len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in rows)
+
+
+OBJECTIVE = DPO

@@ -13,12 +13,37 @@ Normalised by the number of response tokens in the (doubled) batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
+from pydantic import Field, model_validator
 from torch import Tensor
 
-from llada_core.objectives.block_diffusion import denoise_logits, weighted_masked_nll
-from llada_core.objectives.common import LossOutput, Noise, apply_noise, draw_noise
+from llada_core.config import StrictModel
+from llada_core.objectives.base import Objective, StepContext
+from llada_core.objectives.block_diffusion import denoise_inputs, weighted_masked_nll
+from llada_core.objectives.common import (
+    LossOutput,
+    Noise,
+    apply_noise,
+    draw_noise,
+    row_noise,
+    sample_generator,
+)
+
+
+class SFTConfig(StrictModel):
+    kind: Literal["sft"] = "sft"
+    block_size: int = Field(32, ge=1)
+    alpha_min: float = Field(0.3, gt=0, le=1)  # mask-ratio bandwidth
+    alpha_max: float = Field(0.8, gt=0, le=1)
+    complementary_masking: bool = True
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.alpha_min > self.alpha_max:
+            raise ValueError(f"alpha_min: {self.alpha_min} exceeds alpha_max={self.alpha_max}")
+        return self
 
 
 @dataclass
@@ -26,6 +51,14 @@ class SFTBatch:
     input_ids: Tensor  # [B, L], L a multiple of the block size
     doc_ids: Tensor  # [B, L], 0 for real tokens, -1 for padding
     response: Tensor  # [B, L] bool, True on response tokens (the only maskable / supervised ones)
+
+
+@dataclass
+class NoisedSFT:
+    batch: SFTBatch  # doubled under complementary masking
+    noise: Noise
+    block_size: int
+    mask_id: int
 
 
 def pad_examples(examples: list[tuple[list[int], int]], block_size: int, pad_id: int,
@@ -59,15 +92,58 @@ def complementary(batch: SFTBatch, noise: Noise) -> tuple[SFTBatch, Noise]:
     return doubled, Noise(torch.cat([noise.t, 1 - noise.t]), torch.cat([noise.masked, inverse]))
 
 
-def sft_loss(model, batch: SFTBatch, block_size: int, mask_id: int, alpha_min: float = 0.3, alpha_max: float = 0.8,
-                complementary_masking: bool = True, generator: torch.Generator | None = None,
-                noise: Noise | None = None) -> LossOutput:
-    noise = noise or draw_noise(batch.response, generator, alpha_min, alpha_max)
+def noised(batch: SFTBatch, noise: Noise, block_size: int, mask_id: int, complementary_masking: bool) -> NoisedSFT:
     if complementary_masking:
         batch, noise = complementary(batch, noise)
-    x0 = batch.input_ids
-    logits = denoise_logits(model, apply_noise(x0, noise, mask_id), x0, batch.doc_ids, block_size)
-    n_response = batch.response.sum().clamp(min=1)
-    loss = weighted_masked_nll(logits, x0, noise).sum() / n_response
-    metrics = {"response_tokens": int(batch.response.sum()), "masked_tokens": int(noise.masked.sum())}
-    return LossOutput(loss, metrics, logits, noise)
+    return NoisedSFT(batch, noise, block_size, mask_id)
+
+
+def sft_inputs(b: NoisedSFT) -> dict:
+    x0 = b.batch.input_ids
+    ids, pos, allowed = denoise_inputs(apply_noise(x0, b.noise, b.mask_id), x0, b.batch.doc_ids, b.block_size)
+    return {"input_ids": ids, "position_ids": pos, "allowed": allowed}
+
+
+def sft_from_logits(logits: Tensor, b: NoisedSFT) -> LossOutput:
+    x0 = b.batch.input_ids
+    logits = logits[:, : x0.shape[1]]
+    n_response = b.batch.response.sum().clamp(min=1)
+    loss = weighted_masked_nll(logits, x0, b.noise).sum() / n_response
+    metrics = {"response_tokens": int(b.batch.response.sum()), "masked_tokens": int(b.noise.masked.sum())}
+    return LossOutput(loss, metrics, logits, b.noise)
+
+
+def sft_loss(model, batch: SFTBatch, block_size: int, mask_id: int, alpha_min: float = 0.3, alpha_max: float = 0.8,
+             complementary_masking: bool = True, generator: torch.Generator | None = None,
+             noise: Noise | None = None) -> LossOutput:
+    noise = noise or draw_noise(batch.response, generator, alpha_min, alpha_max)
+    b = noised(batch, noise, block_size, mask_id, complementary_masking)
+    return sft_from_logits(model(**sft_inputs(b)), b)
+
+
+def example_batch(rows: list[dict], key: str, block_size: int, ctx: StepContext) -> SFTBatch:
+    """Rows of an instruction dataset (`key` = input_ids, chosen_ids or rejected_ids + prompt_len)."""
+    return pad_examples([(r[key], r["prompt_len"]) for r in rows], block_size, ctx.pad_id, ctx.mask_id)
+
+
+class SFT(Objective):
+    kind, Config, data_kind = "sft", SFTConfig, "sft"
+
+    def batch(self, rows: list[dict], ctx: StepContext) -> NoisedSFT:
+        c = self.cfg
+        batch = example_batch(rows, "input_ids", c.block_size, ctx)
+        gens = [sample_generator(ctx.seed, p) for p in ctx.positions]
+        noise = row_noise(batch.response, gens, c.alpha_min, c.alpha_max)
+        return noised(batch, noise, c.block_size, ctx.mask_id, c.complementary_masking)
+
+    def model_inputs(self, b: NoisedSFT) -> dict:
+        return sft_inputs(b)
+
+    def loss(self, logits: Tensor, b: NoisedSFT) -> LossOutput:
+        return sft_from_logits(logits, b)
+
+    def real_tokens(self, rows: list[dict]) -> int:
+        return sum(len(r["input_ids"]) for r in rows)
+
+
+OBJECTIVE = SFT

@@ -14,10 +14,9 @@ from pydantic import Field, model_validator
 from llada_core.checkpoint import read_checkpoint_header
 from llada_core.config import StrictModel
 from llada_core.model.config import ModelConfig, load_preset, pad_vocab
+from llada_core.objectives.registry import ObjectiveConfig, objective_class
 from llada_core.parallel.layout import ParallelLayout
 from llada_core.schedule import WSDConfig
-
-Objective = Literal["ar", "cpt", "sft", "cap", "dpo"]
 
 
 class OptimConfig(StrictModel):
@@ -32,31 +31,21 @@ class OptimConfig(StrictModel):
     grad_clip: float = Field(1.0, ge=0)  # 0 = off
 
 
-class ObjectiveConfig(StrictModel):
-    block_size: int = Field(32, ge=1)  # SFT / CAP / DPO, and CPT when no WSD schedule is given
-    alpha_min: float = Field(0.3, gt=0, le=1)  # SFT mask-ratio bandwidth
-    alpha_max: float = Field(0.8, gt=0, le=1)
-    complementary_masking: bool = True
-    cap_lambda: float = Field(2.0, ge=0)
-    dpo_beta: float = Field(0.1, gt=0)
-    mask_noise_std: float = Field(0.0, ge=0)  # early-CPT noise on [MASK] embeddings
-    mask_noise_steps: int = Field(0, ge=0)
+class StageSettings(StrictModel):
+    """How a training stage trains: what a recipe section sets. The recipe builder adds the wiring
+    (StageConfig: name, data, checkpoints, layout, seed)."""
 
-    @model_validator(mode="after")
-    def _check(self):
-        if self.alpha_min > self.alpha_max:
-            raise ValueError(f"alpha_min: {self.alpha_min} exceeds alpha_max={self.alpha_max}")
-        return self
+    micro_batch: int = Field(4, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    optim: OptimConfig = OptimConfig()
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 with CUDA, fp32 without (stage_dtype)
+    checkpoint_every: int = Field(50, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
 
 
-class StageConfig(StrictModel):
-    @property
-    def dtype(self) -> torch.dtype:
-        use_bf16 = self.precision == "bf16" or (self.precision == "auto" and torch.cuda.is_available())
-        return torch.bfloat16 if use_bf16 else torch.float32
-
+class StageConfig(StageSettings):
     name: str
-    objective: Objective
+    objective: ObjectiveConfig  # {kind: ar | cpt | sft | cap | dpo, ...that objective's knobs}
     data: str  # a dataset prepared by the data stage (local or s3://)
     split: str = "train"
     model: str = "tiny"  # preset name, used when init_checkpoint is None
@@ -64,28 +53,28 @@ class StageConfig(StrictModel):
     init_checkpoint: str | None = None  # consolidated checkpoint (import-hf, or a previous stage)
     reference_checkpoint: str | None = None  # DPO: the frozen reference model
     layout: ParallelLayout = ParallelLayout()
-    micro_batch: int = Field(4, ge=1)
-    grad_accum: int = Field(1, ge=1)
     steps: int = Field(ge=1)
     schedule: WSDConfig | None = None  # CPT: block size + lr from the WSD schedule
     schedule_offset_tokens: int = Field(0, ge=0)  # where this stage starts on the schedule's token axis
-    objective_cfg: ObjectiveConfig = ObjectiveConfig()
-    optim: OptimConfig = OptimConfig()
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 with CUDA, fp32 on CPU
     seed: int = 0
-    checkpoint_every: int = Field(50, ge=1)
-    keep_checkpoints: int = Field(2, ge=1)
 
     @model_validator(mode="after")
     def _check(self):
-        if self.precision == "bf16" and not torch.cuda.is_available():
-            raise ValueError("precision: bf16 training needs a GPU (megatron's mixed-precision optimizer is CUDA-only); use fp32 or auto")
-        if self.layout.pp > 1 and self.objective == "dpo":
-            raise ValueError(f"layout: pipeline parallelism (pp={self.layout.pp}) is not implemented for DPO "
-                             "(policy and reference run two forwards each per micro-batch)")
-        if self.objective == "dpo" and not self.reference_checkpoint:
-            raise ValueError("reference_checkpoint: DPO needs the frozen reference model's checkpoint")
+        objective = objective_class(self.objective)
+        if self.layout.pp > 1 and not objective.pipeline_parallel:
+            raise ValueError(f"layout: pipeline parallelism (pp={self.layout.pp}) is not implemented for "
+                             f"{objective.kind.upper()} (more than one model forward per micro-batch)")
+        if objective.needs_reference and not self.reference_checkpoint:
+            raise ValueError(f"reference_checkpoint: {objective.kind.upper()} needs the frozen reference model's checkpoint")
         return self
+
+
+class LaunchConfig(StrictModel):
+    """How a stage's Ray Train worker group is launched."""
+
+    max_failures: int = Field(2, ge=0)  # worker-group restarts from the latest registered checkpoint
+    cpus_per_worker: float = Field(1.0, gt=0)
+    use_gpu: bool = False
 
 
 def resolve_model_config(cfg: StageConfig, manifest: dict) -> ModelConfig:
@@ -98,3 +87,13 @@ def resolve_model_config(cfg: StageConfig, manifest: dict) -> ModelConfig:
         return model_cfg
     vocab = pad_vocab(manifest["tokenizer"]["vocab_size"])
     return load_preset(cfg.model, [f"vocab_size={vocab}", *cfg.model_overrides])
+
+
+def stage_dtype(cfg: StageConfig) -> torch.dtype:
+    """The training dtype on THIS machine: decided where the stage runs, never at config load (a
+    driver without CUDA validates a GPU recipe the same as its GPU workers do)."""
+    if cfg.precision == "bf16" and not torch.cuda.is_available():
+        raise ValueError("precision: bf16 training needs a GPU (megatron's mixed-precision optimizer is CUDA-only); "
+                         "use fp32 or auto")
+    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and torch.cuda.is_available())
+    return torch.bfloat16 if use_bf16 else torch.float32

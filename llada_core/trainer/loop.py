@@ -13,7 +13,6 @@ exactly the computation of an uninterrupted one.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import resource
@@ -34,12 +33,13 @@ from llada_core.data.tokenizer import load_tokenizer
 from llada_core.model.build import LladaModel
 from llada_core.model.hf_config import CheckpointError
 from llada_core.model.hf_io import expected_shapes
+from llada_core.objectives.base import StepContext
+from llada_core.objectives.registry import build_objective
 from llada_core.parallel.reshard import current_coords, shard_state, unshard_state
 from llada_core.parallel.setup import init_parallel
 from llada_core.trainer import optim
-from llada_core.trainer.config import StageConfig, resolve_model_config
+from llada_core.trainer.config import StageConfig, resolve_model_config, stage_dtype
 from llada_core.trainer.data import BatchPlan, RowStream
-from llada_core.trainer.step import TokenIds, block_size_at, capture_model_call, micro_batch_loss, row_tokens
 
 STATE_FILE = "trainer_state.json"
 
@@ -57,18 +57,21 @@ class Trainer:
         self.cfg = cfg
         init_parallel(cfg.layout, seed=cfg.seed)
         self.stream = RowStream(cfg.data, cfg.split, seed=cfg.seed)
-        self.ids = TokenIds.from_manifest(self.stream.manifest)
+        special = self.stream.manifest["tokenizer"]["special_tokens"]
+        self.mask_id, self.pad_id = special["mask"]["id"], special["pad"]["id"]
+        self.objective = build_objective(cfg.objective)
         model_cfg = resolve_model_config(cfg, self.stream.manifest)
-        self.model = LladaModel(model_cfg, cfg.layout, dtype=cfg.dtype)
+        dtype = stage_dtype(cfg)
+        self.model = LladaModel(model_cfg, cfg.layout, dtype=dtype)
         init = load_checkpoint(cfg.init_checkpoint) if cfg.init_checkpoint else None
         if init:
             _load_sharded(self.model, cfg.init_checkpoint, init)
         self.reference = None
-        if cfg.reference_checkpoint:  # DPO: usually the same checkpoint as init, read once
-            self.reference = LladaModel(model_cfg, cfg.layout, dtype=cfg.dtype).eval().requires_grad_(False)
+        if self.objective.needs_reference:  # DPO: usually the same checkpoint as init, read once
+            self.reference = LladaModel(model_cfg, cfg.layout, dtype=dtype).eval().requires_grad_(False)
             same = cfg.reference_checkpoint == cfg.init_checkpoint
             _load_sharded(self.reference, cfg.reference_checkpoint, init if same else load_checkpoint(cfg.reference_checkpoint))
-        self.ddp, self.opt = optim.build_ddp_and_optimizer(self.model, cfg.optim, bf16=cfg.dtype == torch.bfloat16)
+        self.ddp, self.opt = optim.build_ddp_and_optimizer(self.model, cfg.optim, bf16=dtype == torch.bfloat16)
         self.dp_rank = ps.get_data_parallel_rank()
         self.plan = BatchPlan(cfg.micro_batch, cfg.grad_accum, ps.get_data_parallel_world_size())
         self.seq_len = int(self.stream.manifest.get("seq_len", 0))
@@ -84,6 +87,22 @@ class Trainer:
     def tokens_seen(self, step: int) -> int:
         return step * self.plan.global_batch * max(self.seq_len, 1)
 
+    def _block_size(self, tokens: int) -> int | None:
+        if self.schedule is None:
+            return None
+        return self.schedule.at(self.cfg.schedule_offset_tokens + tokens).block_size
+
+    def _micro_batches(self, tokens: int) -> list:
+        """This rank's micro-batches of the step, as the objective's batches (noise drawn)."""
+        batches = []
+        for micro in range(self.plan.grad_accum):
+            positions = self.stream.micro_batch_positions(self.plan, self.step, micro, self.dp_rank)
+            rows = self.stream.rows_at(positions)
+            self._real_tokens += self.objective.real_tokens(rows)
+            ctx = StepContext(self.mask_id, self.pad_id, self.cfg.seed, self.step, positions, self._block_size(tokens))
+            batches.append(self.objective.batch(rows, ctx))
+        return batches
+
     def train_step(self) -> dict:
         t0 = time.perf_counter()
         self.model.train()
@@ -91,10 +110,11 @@ class Trainer:
         self.opt.zero_grad()
         tokens = self.tokens_seen(self.step)
         self._real_tokens = 0  # non-padding tokens of this rank's micro-batches
+        batches = self._micro_batches(tokens)
         if self.cfg.layout.pp > 1:
-            losses, extra = self._pipeline_backward(tokens), {}
+            losses, extra = self._pipeline_backward(batches), {}
         else:
-            losses, extra = self._micro_batches_backward(tokens)
+            losses, extra = self._micro_batches_backward(batches)
         balance = self._router_balance()
         finalize_model_grads([self.ddp])
         norm = optim.global_grad_norm(self.ddp)
@@ -114,56 +134,45 @@ class Trainer:
                    "tokens_per_s": step_tokens / elapsed, "samples": self.step * self.plan.global_batch,
                    "router_load_max_over_mean": balance,
                    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-        if self.cfg.objective == "cpt":
-            metrics["block_size"] = block_size_at(self.cfg, tokens, self.seq_len)
+        if self.schedule is not None:
+            metrics["block_size"] = self._block_size(tokens)
         metrics |= {k: v for k, v in extra.items() if isinstance(v, int | float) and k not in metrics}
         return metrics
 
-    def _micro_batches_backward(self, tokens: int) -> tuple[list[torch.Tensor], dict]:
+    def _micro_batches_backward(self, batches: list) -> tuple[list[torch.Tensor], dict]:
         """Gradient accumulation without pipeline stages: each micro-batch's mean loss / grad_accum."""
         losses, extra = [], {}
-        for micro in range(self.plan.grad_accum):
-            positions = self.stream.micro_batch_positions(self.plan, self.step, micro, self.dp_rank)
-            rows = self.stream.rows_at(positions)
-            self._real_tokens += row_tokens(rows)
-            out = micro_batch_loss(self.model, self.reference, self.cfg, rows, positions, self.ids, self.step, tokens)
+        for batch in batches:
+            out = self.objective.forward_loss(self.model, self.reference, batch)
             (out.loss / self.plan.grad_accum).backward()
             losses.append(out.loss.detach())
             extra = out.metrics
         return losses, extra
 
-    def _pipeline_backward(self, tokens: int) -> list[torch.Tensor]:
-        """Forward + backward of all micro-batches through megatron's 1F1B schedule. Every stage reads
-        the same micro-batches (only hidden states travel between stages). The objective runs twice
-        per micro-batch, unchanged: once to capture the model inputs it builds (first call aborted),
-        once on the last stage with the pipeline's logits standing in for the model; its noise is a
-        function of the sample positions, so both runs see the same masks. The schedule averages
-        the micro-batch losses."""
+    def _pipeline_backward(self, batches: list) -> list[torch.Tensor]:
+        """Forward + backward of all micro-batches through megatron's 1F1B schedule. Every stage builds
+        the same batches (only hidden states travel between stages): the first stage feeds the
+        objective's model inputs, the last computes its loss from the pipeline's logits. The schedule
+        averages the micro-batch losses."""
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
-        micro_batches = []
-        for micro in range(self.plan.grad_accum):
-            positions = self.stream.micro_batch_positions(self.plan, self.step, micro, self.dp_rank)
-            rows = self.stream.rows_at(positions)
-            self._real_tokens += row_tokens(rows)
-            objective = functools.partial(micro_batch_loss, reference=None, cfg=self.cfg, rows=rows, positions=positions,
-                                          ids=self.ids, step=self.step, tokens_seen=tokens)
-            micro_batches.append((objective, *capture_model_call(objective)))
+        objective = self.objective
 
         def forward_step(data_iterator, model):
-            objective, args, kwargs = next(data_iterator)
-            output = model(*args, **kwargs)
+            batch = next(data_iterator)
+            output = model(**objective.model_inputs(batch))
 
             def loss_func(logits):
-                loss = objective(lambda *a, **k: logits).loss
+                loss = objective.loss(logits, batch).loss
                 return loss, {"loss": loss.detach().clone()}  # the schedule divides `loss` in place
 
             return output, loss_func
 
+        first = objective.model_inputs(batches[0])["input_ids"]
         store = get_forward_backward_func()(
-            forward_step_func=forward_step, data_iterator=iter(micro_batches), model=[self.model],
-            num_microbatches=self.plan.grad_accum, seq_length=micro_batches[0][1][0].shape[1],
-            micro_batch_size=micro_batches[0][1][0].shape[0], forward_only=False,
+            forward_step_func=forward_step, data_iterator=iter(batches), model=[self.model],
+            num_microbatches=self.plan.grad_accum, seq_length=first.shape[1],
+            micro_batch_size=first.shape[0], forward_only=False,
         )
         return [d["loss"] for d in store]
 
@@ -229,24 +238,37 @@ class Trainer:
         dist.barrier()
 
     # -- the stage -----------------------------------------------------------------------------
-    def run(self, checkpoint_root: str | Path, on_metrics: Callable[[int, dict], None] | None = None,
-            on_checkpoint: Callable[[Path], None] | None = None) -> list[dict]:
+    def checkpoint_due(self) -> bool:
+        return self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.steps
+
+    def run(self, save: Callable[[Trainer, dict], None], on_metrics: Callable[[int, dict], None] | None = None,
+            on_step: Callable[[Trainer, dict], None] | None = None) -> list[dict]:
+        """The training loop of every stage (Ray Train workers and spawned test groups alike): steps
+        until cfg.steps, `save(trainer, metrics)` at each checkpoint step. `on_step(trainer, metrics)`
+        runs first after every step (tests inject faults there)."""
         history = []
         while self.step < self.cfg.steps:
-            metrics = self.train_step()
+            metrics = self.train_step() | {"step": self.step}
             history.append(metrics)
+            if on_step:
+                on_step(self, metrics)
             if on_metrics:
                 on_metrics(self.step, metrics)
-            if self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.steps:
-                path = self.save(Path(checkpoint_root) / f"step-{self.step:07d}")
-                self._prune(Path(checkpoint_root))
-                if on_checkpoint:
-                    on_checkpoint(path)
+            if self.checkpoint_due():
+                save(self, metrics)
         return history
 
-    def _prune(self, root: Path) -> None:
+
+def local_checkpoints(root: str | Path) -> Callable[[Trainer, dict], None]:
+    """`save` for Trainer.run: step-NNNNNNN checkpoints under a directory all ranks share, the newest
+    `keep_checkpoints` kept."""
+    root = Path(root)
+
+    def save(trainer: Trainer, metrics: dict) -> None:
+        trainer.save(root / f"step-{trainer.step:07d}")
         if dist.get_rank() == 0:
-            for old in sorted(root.glob("step-*"))[: -self.cfg.keep_checkpoints]:
+            for old in sorted(root.glob("step-*"))[: -trainer.cfg.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
         dist.barrier()
 
+    return save

@@ -55,26 +55,25 @@ def _worker_loop(config: dict) -> None:
                     recent.extend(json.load(fh))
         for m in recent if queue is not None else ():
             queue.put(m | {"replayed": True})
-    fault = config.get("fault")
-    while trainer.step < cfg.steps:
-        metrics = trainer.train_step() | {"step": trainer.step}
+
+    def save(trainer: Trainer, metrics: dict) -> None:
+        local = tempfile.mkdtemp(prefix=f"llada-ckpt-{rank}-")
+        trainer.save_shards(local)
+        if rank == 0:
+            with open(os.path.join(local, METRICS_FILE), "w", encoding="utf-8") as fh:
+                json.dump(list(recent), fh)
+        if config.get("candidates"):  # consolidated copies for the top-k merge (redone steps: same weights)
+            _export(trainer, os.path.join(config["candidates"], f"step-{trainer.step:07d}"))
+        # report() only with checkpoints: each report waits for the controller's next poll
+        # (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s), which per step would cap a tiny model at 0.5 steps/s
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(local))
+
+    def on_step(trainer: Trainer, metrics: dict) -> None:
         recent.append(metrics)
-        if fault and rank == fault["rank"] and trainer.step == fault["step"] and not os.path.exists(fault["marker"]):
-            open(fault["marker"], "w").close()  # fail once: the restarted group must get past this step
-            os._exit(1)
-        if queue is not None:
-            queue.put(metrics)
-        if trainer.step % cfg.checkpoint_every == 0 or trainer.step == cfg.steps:
-            local = tempfile.mkdtemp(prefix=f"llada-ckpt-{rank}-")
-            trainer.save_shards(local)
-            if rank == 0:
-                with open(os.path.join(local, METRICS_FILE), "w", encoding="utf-8") as fh:
-                    json.dump(list(recent), fh)
-            if config.get("candidates"):  # consolidated copies for the top-k merge (redone steps: same weights)
-                _export(trainer, os.path.join(config["candidates"], f"step-{trainer.step:07d}"))
-            # report() only with checkpoints: each report waits for the controller's next poll
-            # (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s), which per step would cap a tiny model at 0.5 steps/s
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(local))
+        if config.get("on_step"):
+            config["on_step"](trainer, metrics)
+
+    trainer.run(save, on_metrics=(lambda step, m: queue.put(m)) if queue is not None else None, on_step=on_step)
     if config.get("export"):
         _export(trainer, config["export"])
 
@@ -110,10 +109,13 @@ def _consume(queue: Queue, done: threading.Event, total: int, name: str, on_metr
         sys.stderr.write("\n")
 
 
-def preflight(cfg: StageConfig) -> None:
+def preflight(cfg: StageConfig, use_gpu: bool) -> None:
     """Everything about the layout that can fail, checked on the driver before any worker starts."""
     from llada_core.data.shards import read_manifest
-    from llada_core.trainer.config import resolve_model_config
+    from llada_core.trainer.config import resolve_model_config, stage_dtype
+
+    if not use_gpu:  # the workers will have no CUDA: the precision is decidable here
+        stage_dtype(cfg)
 
     model_cfg = resolve_model_config(cfg, read_manifest(cfg.data))
     cfg.layout.check_model(model_cfg.num_layers, model_cfg.num_experts, model_cfg.num_heads,
@@ -121,15 +123,15 @@ def preflight(cfg: StageConfig) -> None:
 
 
 def run_stage(cfg: StageConfig, storage_path: str, max_failures: int = 0, use_gpu: bool = False,
-              cpus_per_worker: float = 1.0, fault: dict | None = None,
+              cpus_per_worker: float = 1.0, on_step: Callable | None = None,
               on_metrics: Callable[[int, dict], None] | None = None, progress: bool = True,
               export: str | None = None, candidates: str | None = None) -> ray.train.Result:
     """Run (or resume: same name + storage_path) a stage on the connected Ray cluster; at the end
     write the consolidated checkpoint `export` (and one under `candidates` per checkpoint step).
     Every step's metrics reach `on_metrics(step, metrics)` on the driver (steps redone after a
-    restart are reported again) and a progress bar on stderr. `fault` = {"rank", "step", "marker"}
-    kills that worker once at that step (chaos testing)."""
-    preflight(cfg)
+    restart are reported again) and a progress bar on stderr. `on_step(trainer, metrics)` runs in
+    every worker after every step (tests inject faults there; it must be picklable by value)."""
+    preflight(cfg, use_gpu)
     ensure_ray()
     done = threading.Event()
     queue = Queue() if on_metrics or progress else None  # rank 0 sends per-step metrics only when read here
@@ -138,7 +140,7 @@ def run_stage(cfg: StageConfig, storage_path: str, max_failures: int = 0, use_gp
         consumer.start()
     trainer = TorchTrainer(
         _worker_loop,
-        train_loop_config={"stage": canonical_json(cfg), "fault": fault, "export": export, "candidates": candidates,
+        train_loop_config={"stage": canonical_json(cfg), "on_step": on_step, "export": export, "candidates": candidates,
                            "metrics": queue},
         scaling_config=ScalingConfig(num_workers=cfg.layout.world_size, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cpus_per_worker}),
