@@ -25,7 +25,7 @@ from llada_core.cluster import ensure_ray  # noqa: E402
 from llada_core.data.packing import RowPacker  # noqa: E402
 from llada_core.data.sources import iter_records, list_sources  # noqa: E402
 from llada_core.data.tokenizer import load_tokenizer, train_bpe  # noqa: E402
-from tasks.prepare_data import PrepareDataConfig, TokenizerSpec, run  # noqa: E402
+from stages.prepare_data import PrepareDataConfig, TokenizerSpec, run  # noqa: E402
 
 
 def plain_loop(spec: str, tok_dir: str, seq_len: int) -> tuple[int, float]:

@@ -2,7 +2,7 @@
 
 (a) a fully cached re-run of a finished pipeline: wall time (and it must train nothing);
 (b) per-node overhead = node wall time - time inside the training steps, for a training node run by
-    the DAG, next to a bare `TorchTrainer.fit()` (run_stage) of the same stage config.
+    the DAG, next to a bare `TorchTrainer.fit()` (run_training) of the same stage config.
 
   python bench/orchestration.py [--steps 20]
 """
@@ -26,8 +26,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     args = ap.parse_args()
 
-    from llada_core.trainer.config import StageConfig
-    from llada_core.trainer.ray_launch import run_stage
+    from llada_core.trainer.config import TrainingConfig
+    from llada_core.trainer.ray_launch import run_training
     from pipelines import runs
     from pipelines.run_store import RunStore
 
@@ -41,10 +41,10 @@ def main() -> None:
     stage = {"name": "cpt", "objective": {"kind": "cpt", "block_size": 32}, "data": "${prepare.dataset}", "steps": args.steps, "micro_batch": 4,
              "checkpoint_every": 10, "model": "tiny"}
     nodes = [
-        {"name": "prepare", "stage": "tasks.stages:prepare_pretrain",
+        {"name": "prepare", "stage": "stages.llada:prepare_pretrain",
          "config": {"input": str(corpus), "out": "${out}", "seq_len": 128, "tokenizer": {"train": True, "vocab_size": 1024},
                     "val_fraction": 0.05, "num_workers": 1}},
-        {"name": "train", "stage": "tasks.stages:train", "config": {"stage": stage, "out": "${out}", "cpus_per_worker": 2}},
+        {"name": "train", "stage": "stages.llada:train", "config": {"training": stage, "out": "${out}", "cpus_per_worker": 2}},
     ]
     recipe = root / "bench.yaml"
     recipe.write_text(yaml.safe_dump({"name": "bench", "workdir": str(root / "work"), "nodes": nodes}))
@@ -61,10 +61,10 @@ def main() -> None:
     dag_node = rec["train"]["seconds"]
 
     def bare_fit(name: str) -> tuple[float, float]:
-        cfg = StageConfig.model_validate(stage | {"data": rec["prepare"]["outputs"]["dataset"]["uri"], "name": name})
+        cfg = TrainingConfig.model_validate(stage | {"data": rec["prepare"]["outputs"]["dataset"]["uri"], "name": name})
         step_times = []
         t0 = time.perf_counter()
-        run_stage(cfg, str(root / "bare"), cpus_per_worker=2, progress=False,
+        run_training(cfg, str(root / "bare"), cpus_per_worker=2, progress=False,
                   on_metrics=lambda step, m: step_times.append(m["step_time"]))
         return time.perf_counter() - t0, sum(step_times)
 

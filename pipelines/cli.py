@@ -135,7 +135,7 @@ _COMMON = ["input", "out", "val_fraction", "seed", "num_workers", "on_bad_utf8",
 
 
 def _cmd_prepare(args) -> int:
-    from tasks.prepare_data import PrepareDataConfig, run
+    from stages.prepare_data import PrepareDataConfig, run
 
     values = _flags(args, [*_COMMON, "seq_len"])
     tok = {k: v for k, v in {"path": args.tokenizer, "train": args.train_tokenizer, "vocab_size": args.vocab_size,
@@ -150,7 +150,7 @@ def _cmd_prepare(args) -> int:
 
 
 def _cmd_prepare_instruct(args) -> int:
-    from tasks.prepare_instruct import PrepareInstructConfig, run
+    from stages.prepare_instruct import PrepareInstructConfig, run
 
     values = _flags(args, [*_COMMON, "tokenizer", "add_mask_token", "max_len", "on_too_long"]) | {"kind": args.kind}
     cfg = load_config(PrepareInstructConfig, args.config, values=values, overrides=args.overrides)
@@ -162,7 +162,7 @@ def _cmd_prepare_instruct(args) -> int:
 
 def _cmd_make_tasks(args) -> int:
     from llada_core.data.synthetic import write_task_files
-    from tasks.stages import MakeTasksConfig
+    from stages.llada import MakeTasksConfig
 
     cfg = load_config(MakeTasksConfig, values=_flags(args, ["out", "n", "seed", "eval_fraction"]))
     print(json.dumps(write_task_files(cfg.out, cfg.n, cfg.seed, cfg.eval_fraction), indent=2))
@@ -170,7 +170,7 @@ def _cmd_make_tasks(args) -> int:
 
 
 def _cmd_import_hf(args) -> int:
-    from tasks.model_hf import import_hf
+    from stages.model_hf import import_hf
 
     meta = import_hf(args.hf_dir, args.out, add_mask_token=args.add_mask_token)
     print(json.dumps({"out": args.out, "source_model_type": meta["source_model_type"],
@@ -179,7 +179,7 @@ def _cmd_import_hf(args) -> int:
 
 
 def _cmd_export_hf(args) -> int:
-    from tasks.model_hf import export_hf
+    from stages.model_hf import export_hf
 
     hf_cfg = export_hf(args.ckpt, args.out)
     print(json.dumps({"out": args.out, "model_type": hf_cfg["model_type"], "vocab_size": hf_cfg["vocab_size"]}, indent=2))

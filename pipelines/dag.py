@@ -1,4 +1,4 @@
-"""A recipe as a DAG of nodes; each node = a stage function (tasks/) + its config.
+"""A recipe as a DAG of nodes; each node = a stage function (e.g. stages/llada.py) + its config.
 
 Edges come from the config itself: a string value `${NODE.OUTPUT}` is an upstream node's output
 (replaced by its URI when the node runs) and `${out}` is this node's own output directory. So a
@@ -45,7 +45,7 @@ class Stage:
 @dataclass
 class Node:
     name: str
-    stage: str  # "module:attribute" of a Stage, e.g. "tasks.stages:prepare_pretrain"
+    stage: str  # "module:attribute" of a Stage, e.g. "stages.llada:prepare_pretrain"
     config: dict[str, Any]
     after: list[str] = field(default_factory=list)  # ordering-only upstreams (no data passed)
 

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import math
 
-from llada_core.trainer.config import LaunchConfig, StageConfig, StageSettings
+from llada_core.trainer.config import LaunchConfig, TrainingConfig, TrainingSettings
 from pipelines.dag import Node
 from pipelines.recipe_config import RecipeConfig
-from tasks.prepare_data import PretrainDataSettings
-from tasks.prepare_instruct import InstructDataSettings
+from stages.prepare_data import PretrainDataSettings
+from stages.prepare_instruct import InstructDataSettings
 
-S = "tasks.stages:"
+S = "stages.llada:"
 
 
 def _dump(model) -> dict:
@@ -42,9 +42,9 @@ def tokens_per_step(cfg: RecipeConfig) -> int:
     return cfg.cpt.micro_batch * cfg.cpt.grad_accum * cfg.parallel.dp * cfg.seq_len
 
 
-def _train_node(cfg: RecipeConfig, name: str, stage: StageConfig, candidates: bool = False) -> Node:
+def _train_node(cfg: RecipeConfig, name: str, stage: TrainingConfig, candidates: bool = False) -> Node:
     return Node(name, S + ("train_with_candidates" if candidates else "train"),
-                {"stage": _dump(stage), "out": "${out}", **_settings(cfg.training, LaunchConfig)})
+                {"training": _dump(stage), "out": "${out}", **_settings(cfg.training, LaunchConfig)})
 
 
 def _settings(section, base: type) -> dict:
@@ -52,10 +52,10 @@ def _settings(section, base: type) -> dict:
     return section.model_dump(mode="json", include=set(base.model_fields))
 
 
-def _stage(cfg: RecipeConfig, name: str, section: StageSettings, **wiring) -> StageConfig:
+def _stage(cfg: RecipeConfig, name: str, section: TrainingSettings, **wiring) -> TrainingConfig:
     if hasattr(section, "objective"):
         wiring.setdefault("objective", section.objective.model_dump(mode="json"))
-    return StageConfig(name=name, layout=cfg.parallel, seed=cfg.seed, **_settings(section, StageSettings), **wiring)
+    return TrainingConfig(name=name, layout=cfg.parallel, seed=cfg.seed, **_settings(section, TrainingSettings), **wiring)
 
 
 def build_nodes(cfg: RecipeConfig) -> list[Node]:

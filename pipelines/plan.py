@@ -19,7 +19,7 @@ from pathlib import Path
 from llada_core.model.config import ModelConfig, load_preset, pad_vocab
 from llada_core.objectives.registry import build_objective
 from llada_core.parallel.layout import ParallelLayout
-from llada_core.trainer.config import StageConfig
+from llada_core.trainer.config import TrainingConfig
 from pipelines import dag
 
 GiB = 1 << 30
@@ -73,11 +73,11 @@ def plan(cfg) -> dict:
     nodes = dag.validate(build_nodes(cfg), missing_paths_ok=True)  # inputs may exist only on the cluster
     stages = []
     for node in nodes:
-        stage = node.config.get("stage")
+        stage = node.config.get("training")
         if not stage:
             stages.append({"node": node.name, "stage": node.stage.split(":")[-1]})
             continue
-        stage = StageConfig.model_validate(stage)
+        stage = TrainingConfig.model_validate(stage)
         objective = build_objective(stage.objective)
         seq = cfg.seq_len if objective.data_kind == "pretrain" else cfg.instruct.max_len
         block = stage.schedule.build().at(stage.schedule_offset_tokens).block_size if stage.schedule else None

@@ -18,10 +18,10 @@ from llada_core.objectives.dpo import DPOConfig
 from llada_core.objectives.sft import SFTConfig
 from llada_core.parallel.layout import ParallelLayout
 from llada_core.schedule import WSDConfig
-from llada_core.trainer.config import LaunchConfig, StageSettings
-from tasks.prepare_data import PretrainDataSettings
-from tasks.prepare_instruct import InstructDataSettings
-from tasks.stages import EvalSettings, MergeSettings, TaskSetSettings
+from llada_core.trainer.config import LaunchConfig, TrainingSettings
+from stages.llada import EvalSettings, MergeSettings, TaskSetSettings
+from stages.prepare_data import PretrainDataSettings
+from stages.prepare_instruct import InstructDataSettings
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 
@@ -43,12 +43,12 @@ class Training(LaunchConfig):
     model_overrides: list[str] = []
 
 
-class Base(StageSettings):
+class Base(TrainingSettings):
     hf_checkpoint: str | None = None  # an AR HF checkpoint dir to import; None = AR-pretrain the preset
     steps: int = Field(100, ge=1)
 
 
-class CPT(StageSettings):
+class CPT(TrainingSettings):
     """Every CPT phase node; tokens per step = micro_batch * grad_accum * dp * seq_len, steps and lr
     from the schedule."""
 
@@ -56,7 +56,7 @@ class CPT(StageSettings):
     candidates_every: int = Field(10, ge=1)  # decay-phase checkpoint (and merge candidate) interval
 
 
-class Finetune(StageSettings):
+class Finetune(TrainingSettings):
     steps: int = Field(ge=1)
 
 

@@ -55,7 +55,7 @@ def test_impossible_values_name_the_key(override, key, fragment):
 
 
 def test_missing_path_is_a_config_error(tmp_path):
-    from tasks.prepare_data import PrepareDataConfig
+    from stages.prepare_data import PrepareDataConfig
 
     with pytest.raises(ConfigError, match=r"key 'input': path does not exist: .*nope"):
         load_config(PrepareDataConfig, values={"input": str(tmp_path / "nope"), "out": "x", "seq_len": 8})
@@ -64,7 +64,7 @@ def test_missing_path_is_a_config_error(tmp_path):
 
 
 def test_seq_len_below_two_rejected():
-    from tasks.prepare_data import PrepareDataConfig
+    from stages.prepare_data import PrepareDataConfig
 
     with pytest.raises(ConfigError, match=r"key 'seq_len'.*greater than or equal to 2"):
         load_config(PrepareDataConfig, values={"input": "stdlib", "out": "x", "seq_len": 1})

@@ -11,7 +11,7 @@ from llada_core.data.packing import PAD_DOC
 from llada_core.data.shards import read_manifest, read_split
 from llada_core.data.sources import DataError
 from llada_core.data.tokenizer import load_tokenizer
-from tasks.prepare_data import PrepareDataConfig, run
+from stages.prepare_data import PrepareDataConfig, run
 
 SEQ = 32
 

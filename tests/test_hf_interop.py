@@ -13,7 +13,7 @@ from llada_core.data.tokenizer import load_tokenizer
 from llada_core.model.hf_config import CheckpointError
 from llada_core.model.hf_io import expected_shapes
 from llada_core.objectives.common import positions
-from tasks.model_hf import export_hf, import_hf
+from stages.model_hf import export_hf, import_hf
 
 pytestmark = pytest.mark.slow  # builds several megatron models
 

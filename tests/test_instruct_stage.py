@@ -9,7 +9,7 @@ from llada_core.data.shards import read_split
 from llada_core.data.sources import DataError
 from llada_core.data.synthetic import write_task_files
 from llada_core.data.tokenizer import load_tokenizer, train_bpe
-from tasks.prepare_instruct import PrepareInstructConfig, run
+from stages.prepare_instruct import PrepareInstructConfig, run
 
 pytestmark = pytest.mark.slow  # local Ray cluster (multi-process)
 

@@ -29,11 +29,11 @@ def write_recipe(tmp_path, corpus_dir, tokenizer_dir, store, tracking_uri) -> st
     stage = {"name": "cpt", "objective": {"kind": "cpt", "block_size": 16}, "data": "${prepare.dataset}", "steps": STEPS, "micro_batch": 2,
              "checkpoint_every": 3, "model": "tiny", "model_overrides": ["num_layers=2"]}
     nodes = [
-        {"name": "prepare", "stage": "tasks.stages:prepare_pretrain",
+        {"name": "prepare", "stage": "stages.llada:prepare_pretrain",
          "config": {"input": corpus_dir, "out": "${out}", "seq_len": 64, "tokenizer": {"path": tokenizer_dir},
                     "val_fraction": 0.1, "num_workers": 1}},
-        {"name": "train", "stage": "tasks.stages:train",
-         "config": {"stage": stage, "out": "${out}", "cpus_per_worker": 1}},
+        {"name": "train", "stage": "stages.llada:train",
+         "config": {"training": stage, "out": "${out}", "cpus_per_worker": 1}},
     ]
     path = tmp_path / "resume.yaml"
     path.write_text(yaml.safe_dump({"name": "resume", "workdir": str(tmp_path / "work"), "store": store,

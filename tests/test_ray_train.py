@@ -4,7 +4,7 @@ the latest registered checkpoint, with the same final loss as the uninterrupted 
 import pytest
 from trainer_fixtures import make_dataset, run_worker, stage_dict
 
-from llada_core.trainer.config import StageConfig
+from llada_core.trainer.config import TrainingConfig
 
 pytestmark = pytest.mark.slow  # Ray cluster + Ray Train worker groups
 
@@ -23,10 +23,10 @@ def spawn_one_rank(stage: dict, out):
 
 
 def test_worker_killed_mid_run_finishes_via_failure_config(ray_local, tmp_path):
-    from llada_core.trainer.ray_launch import run_stage
+    from llada_core.trainer.ray_launch import run_training
 
     data = make_dataset(str(tmp_path))
-    stage = StageConfig.model_validate(stage_dict(data, name="ray-dp2", steps=4, checkpoint_every=1, micro_batch=2,
+    stage = TrainingConfig.model_validate(stage_dict(data, name="ray-dp2", steps=4, checkpoint_every=1, micro_batch=2,
                                                   layout={"world_size": 2}))
     marker = tmp_path / "killed-once"
 
@@ -40,7 +40,7 @@ def test_worker_killed_mid_run_finishes_via_failure_config(ray_local, tmp_path):
             os._exit(1)
 
     seen, replayed = [], []
-    result = run_stage(stage, str(tmp_path / "runs"), max_failures=1, on_step=kill_rank_1_once_at_step_3,
+    result = run_training(stage, str(tmp_path / "runs"), max_failures=1, on_step=kill_rank_1_once_at_step_3,
                        on_metrics=lambda step, m: (replayed if m.get("replayed") else seen).append(step))
     assert set(seen) == {1, 2, 3, 4} and seen[-1] == 4  # every step reached the driver (redone ones again)
     # the restarted group replays the restored checkpoint's metrics (a dead driver's logging gap), then goes on
@@ -72,8 +72,8 @@ def test_bad_layout_fails_before_any_worker_starts(tmp_path, monkeypatch, layout
     from llada_core.trainer import ray_launch
 
     monkeypatch.setattr(ray_launch, "TorchTrainer", lambda *a, **k: pytest.fail("a worker group was created"))
-    stage = StageConfig.model_validate(stage_dict(make_dataset(str(tmp_path)), layout=layout, model_overrides=overrides))
+    stage = TrainingConfig.model_validate(stage_dict(make_dataset(str(tmp_path)), layout=layout, model_overrides=overrides))
     started = ray.is_initialized()
     with pytest.raises(ValueError, match=message):
-        ray_launch.run_stage(stage, str(tmp_path / "runs"))
+        ray_launch.run_training(stage, str(tmp_path / "runs"))
     assert ray.is_initialized() == started  # failed before even connecting to Ray

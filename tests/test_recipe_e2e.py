@@ -63,7 +63,7 @@ def sft_claim_graph(workdir) -> dict:
     """The recipe's nodes for data -> SFT -> eval, with SFT initialised from the preset."""
     cfg, nodes = runs.load("tiny-cpu", [f"workdir={workdir}", "eval.sweep=[]", "eval.max_rows=8"])
     picked = {n.name: n for n in nodes if n.name in ("make_tasks", "prepare_pretrain", "prepare_sft", "sft", "eval")}
-    sft = picked["sft"].config["stage"]
+    sft = picked["sft"].config["training"]
     assert sft["steps"] == cfg.sft.steps and sft["optim"]["lr"] == cfg.sft.lr  # the recipe's SFT, as in the demo
     sft |= {"init_checkpoint": None, "model": cfg.training.model, "model_overrides": cfg.training.model_overrides,
             "checkpoint_every": sft["steps"]}  # one save: checkpoint frequency does not change the numerics

@@ -11,7 +11,7 @@ from llada_core.config import load_config
 from llada_core.data.shards import read_manifest, read_split
 from llada_core.data.sources import DataError, list_sources
 from llada_core.data.tokenizer import load_tokenizer
-from tasks.prepare_data import PrepareDataConfig, run
+from stages.prepare_data import PrepareDataConfig, run
 
 pytestmark = pytest.mark.slow  # local Ray cluster (multi-process)
 

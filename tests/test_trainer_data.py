@@ -66,22 +66,22 @@ def test_precision_choice(tmp_path):
     import torch
 
     from llada_core.config import load_config
-    from llada_core.trainer.config import StageConfig, stage_dtype
+    from llada_core.trainer.config import TrainingConfig, training_dtype
 
     base = {"name": "s", "objective": {"kind": "cpt"}, "data": str(tmp_path), "steps": 1}
-    assert stage_dtype(load_config(StageConfig, values=base)) == (torch.bfloat16 if torch.cuda.is_available() else torch.float32)
-    bf16 = load_config(StageConfig, values=base | {"precision": "bf16"})  # a config validates the same on any machine
+    assert training_dtype(load_config(TrainingConfig, values=base)) == (torch.bfloat16 if torch.cuda.is_available() else torch.float32)
+    bf16 = load_config(TrainingConfig, values=base | {"precision": "bf16"})  # a config validates the same on any machine
     if not torch.cuda.is_available():  # and where the stage runs, a machine without CUDA refuses it
         with pytest.raises(ValueError, match="precision: bf16 training needs a GPU"):
-            stage_dtype(bf16)
+            training_dtype(bf16)
 
 
 def test_pipeline_parallel_is_refused_at_load_for_objectives_without_it(tmp_path):
     from llada_core.config import ConfigError, load_config
-    from llada_core.trainer.config import StageConfig
+    from llada_core.trainer.config import TrainingConfig
 
     base = {"name": "s", "data": str(tmp_path), "steps": 1, "layout": {"world_size": 2, "pp": 2}}
     for objective in ("ar", "cpt", "sft", "cap"):
-        assert load_config(StageConfig, values=base | {"objective": {"kind": objective}}).layout.pp == 2
+        assert load_config(TrainingConfig, values=base | {"objective": {"kind": objective}}).layout.pp == 2
     with pytest.raises(ConfigError, match=r"key 'layout': pipeline parallelism \(pp=2\) is not implemented for DPO"):
-        load_config(StageConfig, values=base | {"objective": {"kind": "dpo"}, "reference_checkpoint": "r"})
+        load_config(TrainingConfig, values=base | {"objective": {"kind": "dpo"}, "reference_checkpoint": "r"})

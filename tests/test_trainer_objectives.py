@@ -5,7 +5,7 @@ import pytest
 import torch.distributed as dist
 from trainer_fixtures import make_dataset, make_instruct_dataset, stage_dict
 
-from llada_core.trainer.config import StageConfig
+from llada_core.trainer.config import TrainingConfig
 
 pytestmark = pytest.mark.slow  # builds megatron models
 
@@ -24,7 +24,7 @@ def run(stage: dict, tmp_path):
         from llada_core.parallel.setup import init_single_process
 
         init_single_process()
-    trainer = Trainer(StageConfig.model_validate(stage))
+    trainer = Trainer(TrainingConfig.model_validate(stage))
     return trainer, trainer.run(local_checkpoints(tmp_path / "ckpts"))
 
 

@@ -47,10 +47,10 @@ def run_worker(rank: int, world: int, port: int, stage: dict, out: str, mode: st
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    from llada_core.trainer.config import StageConfig
+    from llada_core.trainer.config import TrainingConfig
     from llada_core.trainer.loop import Trainer, local_checkpoints
 
-    trainer = Trainer(StageConfig.model_validate(stage))
+    trainer = Trainer(TrainingConfig.model_validate(stage))
     tokenizer = os.path.join(stage["data"], "tokenizer")
     if mode == "resume":  # then the loaded (resharded) weights, gathered into one consolidated checkpoint
         trainer.load(os.path.join(out, "ckpt-in"))
@@ -70,7 +70,7 @@ def make_instruct_dataset(root: str, kind: str, pretrain: str, n: int = 24) -> s
     """SFT or DPO rows built with the chat template and the pretraining dataset's tokenizer."""
     from llada_core.data.chat import encode_example, encode_prompt, encode_response
     from llada_core.data.tokenizer import load_tokenizer
-    from tasks.prepare_instruct import schema_of
+    from stages.prepare_instruct import schema_of
 
     tok = load_tokenizer(os.path.join(pretrain, "tokenizer"))
     w = DatasetWriter(os.path.join(root, kind), schema_of(kind), rows_per_shard=16)

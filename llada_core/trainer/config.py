@@ -1,7 +1,7 @@
 """A training stage as data: objective, data, schedule, parallel layout, optimisation.
 
 Every stage of the recipe (AR base, CPT warm-up / stable / decay, SFT, CAP, DPO) is one
-`StageConfig`; the shared trainer (llada_core.trainer.loop) runs any of them.
+`TrainingConfig`; the shared trainer (llada_core.trainer.loop) runs any of them.
 """
 
 from __future__ import annotations
@@ -31,19 +31,19 @@ class OptimConfig(StrictModel):
     grad_clip: float = Field(1.0, ge=0)  # 0 = off
 
 
-class StageSettings(StrictModel):
+class TrainingSettings(StrictModel):
     """How a training stage trains: what a recipe section sets. The recipe builder adds the wiring
-    (StageConfig: name, data, checkpoints, layout, seed)."""
+    (TrainingConfig: name, data, checkpoints, layout, seed)."""
 
     micro_batch: int = Field(4, ge=1)
     grad_accum: int = Field(1, ge=1)
     optim: OptimConfig = OptimConfig()
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 with CUDA, fp32 without (stage_dtype)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 with CUDA, fp32 without (training_dtype)
     checkpoint_every: int = Field(50, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
 
 
-class StageConfig(StageSettings):
+class TrainingConfig(TrainingSettings):
     name: str
     objective: ObjectiveConfig  # {kind: ar | cpt | sft | cap | dpo, ...that objective's knobs}
     data: str  # a dataset prepared by the data stage (local or s3://)
@@ -77,7 +77,7 @@ class LaunchConfig(StrictModel):
     use_gpu: bool = False
 
 
-def resolve_model_config(cfg: StageConfig, manifest: dict) -> ModelConfig:
+def resolve_model_config(cfg: TrainingConfig, manifest: dict) -> ModelConfig:
     """The stage's model shape: the init checkpoint's (whose tokenizer must be the dataset's), or the
     preset with the dataset tokenizer's vocabulary, padded. Reads no tensors."""
     if cfg.init_checkpoint:
@@ -89,7 +89,7 @@ def resolve_model_config(cfg: StageConfig, manifest: dict) -> ModelConfig:
     return load_preset(cfg.model, [f"vocab_size={vocab}", *cfg.model_overrides])
 
 
-def stage_dtype(cfg: StageConfig) -> torch.dtype:
+def training_dtype(cfg: TrainingConfig) -> torch.dtype:
     """The training dtype on THIS machine: decided where the stage runs, never at config load (a
     driver without CUDA validates a GPU recipe the same as its GPU workers do)."""
     if cfg.precision == "bf16" and not torch.cuda.is_available():

@@ -1,6 +1,6 @@
 """The one trainer every stage runs, inside each worker of a group (Ray Train, torchrun or spawn).
 
-A stage declares objective, data, schedule and layout (StageConfig); this runs it: megatron
+A stage declares objective, data, schedule and layout (TrainingConfig); this runs it: megatron
 parallel state, model (fresh or from a consolidated checkpoint, resharded to this rank), DDP +
 Adam, gradient accumulation, clipping, the WSD / stage lr, per-step metrics, and checkpoints.
 
@@ -38,7 +38,7 @@ from llada_core.objectives.registry import build_objective
 from llada_core.parallel.reshard import current_coords, shard_state, unshard_state
 from llada_core.parallel.setup import init_parallel
 from llada_core.trainer import optim
-from llada_core.trainer.config import StageConfig, resolve_model_config, stage_dtype
+from llada_core.trainer.config import TrainingConfig, resolve_model_config, training_dtype
 from llada_core.trainer.data import BatchPlan, RowStream
 
 STATE_FILE = "trainer_state.json"
@@ -53,7 +53,7 @@ def _load_sharded(model: LladaModel, path: str, checkpoint: tuple) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg: StageConfig):
+    def __init__(self, cfg: TrainingConfig):
         self.cfg = cfg
         init_parallel(cfg.layout, seed=cfg.seed)
         self.stream = RowStream(cfg.data, cfg.split, seed=cfg.seed)
@@ -61,7 +61,7 @@ class Trainer:
         self.mask_id, self.pad_id = special["mask"]["id"], special["pad"]["id"]
         self.objective = build_objective(cfg.objective)
         model_cfg = resolve_model_config(cfg, self.stream.manifest)
-        dtype = stage_dtype(cfg)
+        dtype = training_dtype(cfg)
         self.model = LladaModel(model_cfg, cfg.layout, dtype=dtype)
         init = load_checkpoint(cfg.init_checkpoint) if cfg.init_checkpoint else None
         if init:

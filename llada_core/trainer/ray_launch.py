@@ -30,7 +30,7 @@ from ray.util.queue import Queue
 from llada_core import storage
 from llada_core.cluster import ensure_ray
 from llada_core.config import canonical_json
-from llada_core.trainer.config import StageConfig
+from llada_core.trainer.config import TrainingConfig
 
 METRICS_FILE, METRICS_REPLAY = "metrics_replay.json", 1000
 
@@ -38,7 +38,7 @@ METRICS_FILE, METRICS_REPLAY = "metrics_replay.json", 1000
 def _worker_loop(config: dict) -> None:
     from llada_core.trainer.loop import Trainer
 
-    cfg = StageConfig.model_validate_json(config["stage"])
+    cfg = TrainingConfig.model_validate_json(config["training"])
     trainer = Trainer(cfg)  # Ray Train already created the (gloo / nccl) process group
     rank = ray.train.get_context().get_world_rank()
     queue = config.get("metrics") if rank == 0 else None
@@ -109,20 +109,20 @@ def _consume(queue: Queue, done: threading.Event, total: int, name: str, on_metr
         sys.stderr.write("\n")
 
 
-def preflight(cfg: StageConfig, use_gpu: bool) -> None:
+def preflight(cfg: TrainingConfig, use_gpu: bool) -> None:
     """Everything about the layout that can fail, checked on the driver before any worker starts."""
     from llada_core.data.shards import read_manifest
-    from llada_core.trainer.config import resolve_model_config, stage_dtype
+    from llada_core.trainer.config import resolve_model_config, training_dtype
 
     if not use_gpu:  # the workers will have no CUDA: the precision is decidable here
-        stage_dtype(cfg)
+        training_dtype(cfg)
 
     model_cfg = resolve_model_config(cfg, read_manifest(cfg.data))
     cfg.layout.check_model(model_cfg.num_layers, model_cfg.num_experts, model_cfg.num_heads,
                            model_cfg.num_kv_heads, model_cfg.vocab_size)
 
 
-def run_stage(cfg: StageConfig, storage_path: str, max_failures: int = 0, use_gpu: bool = False,
+def run_training(cfg: TrainingConfig, storage_path: str, max_failures: int = 0, use_gpu: bool = False,
               cpus_per_worker: float = 1.0, on_step: Callable | None = None,
               on_metrics: Callable[[int, dict], None] | None = None, progress: bool = True,
               export: str | None = None, candidates: str | None = None) -> ray.train.Result:
@@ -140,7 +140,7 @@ def run_stage(cfg: StageConfig, storage_path: str, max_failures: int = 0, use_gp
         consumer.start()
     trainer = TorchTrainer(
         _worker_loop,
-        train_loop_config={"stage": canonical_json(cfg), "on_step": on_step, "export": export, "candidates": candidates,
+        train_loop_config={"training": canonical_json(cfg), "on_step": on_step, "export": export, "candidates": candidates,
                            "metrics": queue},
         scaling_config=ScalingConfig(num_workers=cfg.layout.world_size, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cpus_per_worker}),

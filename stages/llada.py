@@ -12,9 +12,9 @@ from pydantic import Field
 
 from llada_core import storage
 from llada_core.config import StrictModel
-from llada_core.trainer.config import LaunchConfig, StageConfig
+from llada_core.trainer.config import LaunchConfig, TrainingConfig
 from pipelines.dag import Stage
-from tasks import prepare_data, prepare_instruct
+from stages import prepare_data, prepare_instruct
 
 
 class TaskSetSettings(StrictModel):
@@ -46,17 +46,17 @@ def _prepare_instruct(cfg: prepare_instruct.PrepareInstructConfig, ctx) -> dict:
     return {"dataset": cfg.out}
 
 
-class TrainConfig(LaunchConfig):
-    stage: StageConfig  # data / init_checkpoint / reference_checkpoint: upstream outputs
+class TrainNodeConfig(LaunchConfig):
+    training: TrainingConfig  # data / init_checkpoint / reference_checkpoint: upstream outputs
     out: str
 
 
-def _train(cfg: TrainConfig, ctx, candidates: bool = False) -> dict:
+def _train(cfg: TrainNodeConfig, ctx, candidates: bool = False) -> dict:
     """A Ray Train worker group under the run store; after an interruption the node's next attempt
     (same cache key -> same Ray Train run name) continues from the latest registered checkpoint."""
-    from llada_core.trainer.ray_launch import run_stage
+    from llada_core.trainer.ray_launch import run_training
 
-    stage = cfg.stage.model_copy(update={"name": f"{ctx.node}-{ctx.cache_key[:12]}"})
+    training = cfg.training.model_copy(update={"name": f"{ctx.node}-{ctx.cache_key[:12]}"})
     steps = []
 
     def on_metrics(step: int, metrics: dict) -> None:
@@ -67,9 +67,9 @@ def _train(cfg: TrainConfig, ctx, candidates: bool = False) -> dict:
     outs = {"checkpoint": storage.join(cfg.out, "checkpoint")}
     if candidates:
         outs["candidates"] = storage.join(cfg.out, "candidates")
-    run_stage(stage, ctx.train_storage, max_failures=cfg.max_failures, use_gpu=cfg.use_gpu,
-              cpus_per_worker=cfg.cpus_per_worker, on_metrics=on_metrics, progress=False,
-              export=outs["checkpoint"], candidates=outs.get("candidates"))
+    run_training(training, ctx.train_storage, max_failures=cfg.max_failures, use_gpu=cfg.use_gpu,
+                 cpus_per_worker=cfg.cpus_per_worker, on_metrics=on_metrics, progress=False,
+                 export=outs["checkpoint"], candidates=outs.get("candidates"))
     ctx.info |= {"first_step": steps[0] if steps else None, "last_step": steps[-1] if steps else None}
     return outs
 
@@ -157,7 +157,7 @@ class ExportConfig(StrictModel):
 
 
 def _export_hf(cfg: ExportConfig, ctx) -> dict:
-    from tasks.model_hf import export_hf
+    from stages.model_hf import export_hf
 
     hf = storage.join(cfg.out, "hf")
     shutil.rmtree(hf, ignore_errors=True)
@@ -172,7 +172,7 @@ class ImportConfig(StrictModel):
 
 
 def _import_hf(cfg: ImportConfig, ctx) -> dict:
-    from tasks.model_hf import import_hf
+    from stages.model_hf import import_hf
 
     out = storage.join(cfg.out, "checkpoint")
     shutil.rmtree(out, ignore_errors=True)
@@ -183,8 +183,8 @@ def _import_hf(cfg: ImportConfig, ctx) -> dict:
 make_tasks = Stage(_make_tasks, MakeTasksConfig, outputs=("tasks",))
 prepare_pretrain = Stage(_prepare_pretrain, prepare_data.PrepareDataConfig, outputs=("dataset",))
 prepare_instruct_data = Stage(_prepare_instruct, prepare_instruct.PrepareInstructConfig, outputs=("dataset",))
-train = Stage(_train, TrainConfig, outputs=("checkpoint",))
-train_with_candidates = Stage(lambda cfg, ctx: _train(cfg, ctx, candidates=True), TrainConfig,
+train = Stage(_train, TrainNodeConfig, outputs=("checkpoint",))
+train_with_candidates = Stage(lambda cfg, ctx: _train(cfg, ctx, candidates=True), TrainNodeConfig,
                               outputs=("checkpoint", "candidates"))
 merge = Stage(_merge, MergeConfig, outputs=("checkpoint",), num_cpus=1)
 evaluate = Stage(_eval, EvalConfig, outputs=("results",), num_cpus=1)
