@@ -34,7 +34,8 @@ def matmul_flops(n: int = 1024, reps: int = 10) -> float:
 def step_flops(cfg: ModelConfig, batch: int, tokens: int) -> float:
     """Training FLOPs of one step over `tokens` positions per sequence (fwd + bwd = 3x fwd)."""
     dense = cfg.active_params() - cfg.vocab_size * cfg.hidden_size * (1 if cfg.tie_embeddings else 2)
-    linear = 2 * (dense + cfg.vocab_size * cfg.hidden_size) * tokens  # output layer is a matmul, the input embedding is not
+    # output layer is a matmul, the input embedding is not
+    linear = 2 * (dense + cfg.vocab_size * cfg.hidden_size) * tokens
     attention = 2 * 2 * cfg.num_layers * cfg.num_heads * cfg.head_dim * tokens * tokens  # QK^T and AV, dense
     return 3 * batch * (linear + attention)
 
@@ -74,7 +75,8 @@ def main() -> None:
     print(f"machine fp32 matmul: {peak / 1e9:.1f} GFLOP/s; threads={torch.get_num_threads()}")
     print(f"{'model':<12}{'path':<8}{'s/step':>9}{'tokens/s':>11}{'vs naive':>10}{'MFU':>8}")
     variants = {"tiny": [], "hidden-512": ["hidden_size=512", "num_heads=8", "num_kv_heads=2", "head_dim=64",
-                                          "ffn_hidden_size=1536", "moe_ffn_hidden_size=256", "shared_expert_ffn_hidden_size=256"]}
+                                          "ffn_hidden_size=1536", "moe_ffn_hidden_size=256",
+                                          "shared_expert_ffn_hidden_size=256"]}
     for name, over in variants.items():
         cfg = load_preset("tiny", over + [f"max_position={args.seq_len}"])
         g = torch.Generator().manual_seed(1)

@@ -21,7 +21,8 @@ def newest_run_outputs(store_root: str) -> dict:
     for run_id in reversed(store.runs()):
         recs = {n: store.node(run_id, n) for n in ("sft", "cap", "make_tasks")}
         if all(r["state"] in ("SUCCEEDED", "SKIPPED-CACHED") for r in recs.values()):
-            return {"sft": recs["sft"]["outputs"]["checkpoint"]["uri"], "cap": recs["cap"]["outputs"]["checkpoint"]["uri"],
+            return {"sft": recs["sft"]["outputs"]["checkpoint"]["uri"],
+                    "cap": recs["cap"]["outputs"]["checkpoint"]["uri"],
                     "tasks": os.path.join(recs["make_tasks"]["outputs"]["tasks"]["uri"], "sft_eval.jsonl")}
     raise SystemExit(f"no finished run with sft and cap nodes in {store_root}: run `make demo` first")
 

@@ -38,13 +38,14 @@ def main() -> None:
     import json
 
     (corpus / "a.txt").write_text(inspect.getsource(json) * 3)
-    stage = {"name": "cpt", "objective": {"kind": "cpt", "block_size": 32}, "data": "${prepare.dataset}", "steps": args.steps, "micro_batch": 4,
-             "checkpoint_every": 10, "model": "tiny"}
+    stage = {"name": "cpt", "objective": {"kind": "cpt", "block_size": 32}, "data": "${prepare.dataset}",
+             "steps": args.steps, "micro_batch": 4, "checkpoint_every": 10, "model": "tiny"}
     nodes = [
         {"name": "prepare", "stage": "stages.llada:prepare_pretrain",
-         "config": {"input": str(corpus), "out": "${out}", "seq_len": 128, "tokenizer": {"train": True, "vocab_size": 1024},
-                    "val_fraction": 0.05, "num_workers": 1}},
-        {"name": "train", "stage": "stages.llada:train", "config": {"training": stage, "out": "${out}", "cpus_per_worker": 2}},
+         "config": {"input": str(corpus), "out": "${out}", "seq_len": 128,
+                    "tokenizer": {"train": True, "vocab_size": 1024}, "val_fraction": 0.05, "num_workers": 1}},
+        {"name": "train", "stage": "stages.llada:train",
+         "config": {"training": stage, "out": "${out}", "cpus_per_worker": 2}},
     ]
     recipe = root / "bench.yaml"
     recipe.write_text(yaml.safe_dump({"name": "bench", "workdir": str(root / "work"), "nodes": nodes}))
@@ -80,12 +81,15 @@ def main() -> None:
     assert {r["state"] for r in rec2.values()} == {"SKIPPED-CACHED"}, rec2
 
     print(f"pipeline first run: {first:.1f} s (2 nodes); fully cached re-run: {cached:.1f} s, trained nothing")
-    print(f"training node via the DAG: {dag_node:.1f} s wall, {loop:.1f} s in steps -> overhead {dag_node - loop:.1f} s")
-    print(f"bare TorchTrainer.fit():   {bare:.1f} s wall, {bare_steps:.1f} s in steps -> overhead {bare - bare_steps:.1f} s")
+    print(f"training node via the DAG: {dag_node:.1f} s wall, {loop:.1f} s in steps "
+          f"-> overhead {dag_node - loop:.1f} s")
+    print(f"bare TorchTrainer.fit():   {bare:.1f} s wall, {bare_steps:.1f} s in steps "
+          f"-> overhead {bare - bare_steps:.1f} s")
     print(f"overhead ratio DAG / bare: {(dag_node - loop) / max(bare - bare_steps, 1e-9):.2f}x "
           f"(the DAG adds the node task, MLflow logging, consolidated export and output digests)")
     print(f"bare fit with Ray's default 2 s controller poll instead of {local_poll} s: {slow:.1f} s wall, "
-          f"overhead {slow - slow_steps:.1f} s -> ratio local poll / default {(bare - bare_steps) / max(slow - slow_steps, 1e-9):.2f}x")
+          f"overhead {slow - slow_steps:.1f} s -> ratio local poll / default "
+          f"{(bare - bare_steps) / max(slow - slow_steps, 1e-9):.2f}x")
 
 
 if __name__ == "__main__":

@@ -68,8 +68,8 @@ def task_accuracy(model, tok, tasks_jsonl: str, n: int = 100, threshold: float =
     correct, tokens, passes, seconds, per_task = 0, 0, 0, 0.0, {}
     for row in rows:
         t0 = time.perf_counter()
-        answer, result = generate_text(model, tok, row["prompt"], max_new_tokens=max_new_tokens, max_len=model.cfg.max_position,
-                                       block_size=block_size, threshold=threshold)
+        answer, result = generate_text(model, tok, row["prompt"], max_new_tokens=max_new_tokens,
+                                       max_len=model.cfg.max_position, block_size=block_size, threshold=threshold)
         seconds += time.perf_counter() - t0
         ok = check_answer(row["prompt"], answer.strip())
         correct += ok
@@ -77,8 +77,9 @@ def task_accuracy(model, tok, tasks_jsonl: str, n: int = 100, threshold: float =
         hits, total = per_task.get(row.get("task", "?"), (0, 0))
         per_task[row.get("task", "?")] = (hits + ok, total + 1)
     copy = sum(check_answer(r["prompt"], r["prompt"].split(": ", 1)[-1]) for r in rows)  # echo the input
-    return {"accuracy": correct / max(len(rows), 1), "tpf": tokens / max(passes, 1), "tokens_per_s": tokens / max(seconds, 1e-9),
-            "n": len(rows), "threshold": threshold, "copy_baseline": copy / max(len(rows), 1),
+    return {"accuracy": correct / max(len(rows), 1), "tpf": tokens / max(passes, 1),
+            "tokens_per_s": tokens / max(seconds, 1e-9), "n": len(rows), "threshold": threshold,
+            "copy_baseline": copy / max(len(rows), 1),
             "per_task": {k: h / t for k, (h, t) in sorted(per_task.items())}}
 
 
@@ -91,8 +92,10 @@ def preference_accuracy(model, dataset: str, split: str = "val", block_size: int
     rows = read_split(dataset, split).slice(0, max_rows).to_pylist()
     wins = 0
     for i, r in enumerate(rows):
-        chosen = pad_examples([(r["chosen_ids"], r["prompt_len"])], block_size, special["pad"]["id"], special["mask"]["id"])
-        rejected = pad_examples([(r["rejected_ids"], r["prompt_len"])], block_size, special["pad"]["id"], special["mask"]["id"])
+        chosen = pad_examples([(r["chosen_ids"], r["prompt_len"])], block_size, special["pad"]["id"],
+                              special["mask"]["id"])
+        rejected = pad_examples([(r["rejected_ids"], r["prompt_len"])], block_size, special["pad"]["id"],
+                                special["mask"]["id"])
         g = sample_generator(seed, i)
         state = g.get_state()
         e_c = elbo(model, chosen, row_noise(chosen.response, [g]), block_size, special["mask"]["id"])

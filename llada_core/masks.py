@@ -2,8 +2,10 @@
 
 Convention: True = the query may attend to the key (SDPA's convention; megatron's is the inverse).
 Predicates use only elementwise tensor ops, so the same function
-  - materialises a dense [B, Q, K] boolean mask by broadcasting (SDPA on CPU), and
-  - serves as a flex-attention `mask_mod(b, h, q, k)` on GPU (see `as_mask_mod`).
+  - materialises a dense [B, Q, K] boolean mask by broadcasting (what the model receives), and
+  - can serve as a flex-attention `mask_mod(b, h, q, k)` (`as_mask_mod`, tested equal to the dense
+    mask). The flex backend does not use it yet: the denoiser interface passes the dense mask, and
+    llada_core.model.attention builds its BlockMask from that tensor.
 Every mask is AND-ed with same-document from `doc_ids` ([B, L]; -1 marks padding, which only
 attends to padding, so no row is ever empty).
 

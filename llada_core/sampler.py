@@ -62,7 +62,8 @@ def generate(model, prompt: list[int], *, mask_id: int, eos_id: int, max_new_tok
     if not prompt:
         raise ValueError("empty prompt")
     if max_new_tokens < 1 or min_accept < 1 or not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"bad decode settings: max_new_tokens={max_new_tokens}, min_accept={min_accept}, threshold={threshold}")
+        raise ValueError(f"bad decode settings: max_new_tokens={max_new_tokens}, min_accept={min_accept}, "
+                         f"threshold={threshold}")
     start = len(prompt)
     end_all = -(-(start + max_new_tokens) // block_size) * block_size  # whole blocks
     if end_all > max_len:

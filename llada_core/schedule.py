@@ -54,15 +54,18 @@ class WSDConfig(StrictModel):
     def _check(self):
         L = self.seq_len
         decay_key = "decay_block_sizes" if self.decay_block_sizes is not None else "decay_min_block"
-        for key, sizes in (("warmup_block_sizes", self.warmup_block_sizes), (decay_key, self.decay_block_sizes or [self.decay_min_block])):
+        for key, sizes in (("warmup_block_sizes", self.warmup_block_sizes),
+                           (decay_key, self.decay_block_sizes or [self.decay_min_block])):
             for b in sizes:
                 if b < 1 or L % b:
                     raise ValueError(f"{key}: block size {b} does not divide seq_len={L}")
         if any(b >= a for a, b in zip(self.warmup_block_sizes[1:], self.warmup_block_sizes, strict=False)):
             raise ValueError(f"warmup_block_sizes: must increase strictly, got {self.warmup_block_sizes}")
         if self.warmup_block_sizes and self.warmup_block_sizes[-1] >= L:
-            raise ValueError(f"warmup_block_sizes: must stay below seq_len={L} (L is appended), got {self.warmup_block_sizes}")
-        if self.decay_block_sizes is not None and any(b >= a for a, b in zip(self.decay_block_sizes, self.decay_block_sizes[1:], strict=False)):
+            raise ValueError(f"warmup_block_sizes: must stay below seq_len={L} (L is appended), "
+                             f"got {self.warmup_block_sizes}")
+        if self.decay_block_sizes is not None and any(
+                b >= a for a, b in zip(self.decay_block_sizes, self.decay_block_sizes[1:], strict=False)):
             raise ValueError(f"decay_block_sizes: must decrease strictly, got {self.decay_block_sizes}")
         if self.min_lr > self.lr:
             raise ValueError(f"min_lr: {self.min_lr} exceeds lr={self.lr}")

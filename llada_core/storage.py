@@ -30,7 +30,8 @@ def s3_filesystem() -> pafs.S3FileSystem:
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     kwargs: dict = {
         "region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
-        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=int(os.environ.get("LLADA_S3_MAX_ATTEMPTS", "6"))),
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(
+            max_attempts=int(os.environ.get("LLADA_S3_MAX_ATTEMPTS", "6"))),
     }
     if endpoint:
         parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")

@@ -44,12 +44,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llada",
         description="Train LLaDA2.0-style block-diffusion LMs: data -> CPT (WSD) -> SFT -> CAP -> DPO on Ray.",
-        epilog=_examples("llada demo", "llada data prepare --input stdlib --out work/pt --seq-len 256 --train-tokenizer", "llada config show tiny-cpu seq_len=512"),
+        epilog=_examples("llada demo",
+                         "llada data prepare --input stdlib --out work/pt --seq-len 256 --train-tokenizer",
+                         "llada config show tiny-cpu seq_len=512"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     top = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    data = top.add_parser("data", help="prepare datasets (tokenize, pack, chat-template)", description="Prepare datasets.")
+    data = top.add_parser("data", help="prepare datasets (tokenize, pack, chat-template)",
+                          description="Prepare datasets.")
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
 
     p = _parser_with_examples(dsub, "prepare", "tokenize and pack a pretraining corpus into rows of seq_len tokens", [
@@ -68,8 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     for kind, cols in (("sft", "prompt/response or messages"), ("dpo", "prompt/chosen/rejected")):
         p = _parser_with_examples(dsub, f"prepare-{kind}", f"chat-template {kind.upper()} data ({cols} columns)", [
-            f"llada data prepare-{kind} --input work/raw/{kind}_train.jsonl --out work/{kind} --tokenizer work/pt/tokenizer",
-            f"llada data prepare-{kind} --input s3://bucket/{kind}/ --out s3://bucket/{kind}-tok --tokenizer tok/ --max-len 4096 on_too_long=error",
+            f"llada data prepare-{kind} --input work/raw/{kind}_train.jsonl --out work/{kind} "
+            "--tokenizer work/pt/tokenizer",
+            f"llada data prepare-{kind} --input s3://bucket/{kind}/ --out s3://bucket/{kind}-tok --tokenizer tok/ "
+            "--max-len 4096 on_too_long=error",
         ])
         _add_common_data_flags(p)
         p.add_argument("--tokenizer", help="tokenizer dir (e.g. the pretraining dataset's DST/tokenizer)")
@@ -78,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--on-too-long", choices=["error", "drop"], help="what to do with longer examples")
         p.set_defaults(handler=_cmd_prepare_instruct, kind=kind)
 
-    p = _parser_with_examples(dsub, "make-tasks", "write the built-in verifiable instruction tasks (SFT + DPO, train/eval)", [
+    p = _parser_with_examples(dsub, "make-tasks",
+                              "write the built-in verifiable instruction tasks (SFT + DPO, train/eval)", [
         "llada data make-tasks --out work/raw/tasks --n 4000 --seed 0",
     ])
     p.add_argument("--out", required=True)
@@ -89,13 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     model = top.add_parser("model", help="import / export model checkpoints", description="Model checkpoints.")
     msub = model.add_subparsers(dest="model_command", required=True, metavar="SUBCOMMAND")
-    p = _parser_with_examples(msub, "import-hf", "convert an HF safetensors checkpoint (Qwen3, Qwen3-MoE, BailingMoeV2) into ours", [
+    p = _parser_with_examples(msub, "import-hf",
+                              "convert an HF safetensors checkpoint (Qwen3, Qwen3-MoE, BailingMoeV2) into ours", [
         "llada model import-hf /models/Ling-mini-base-2.0 --out work/ckpt/base",
         "llada model import-hf /models/Qwen3-0.6B --out work/ckpt/qwen --add-mask-token '<|mask|>'",
     ])
     p.add_argument("hf_dir", help="HF model directory: config.json, *.safetensors, tokenizer files")
     p.add_argument("--out", required=True, help="checkpoint directory to create")
-    p.add_argument("--add-mask-token", help="token to add (with a new embedding row) when the tokenizer has no mask token")
+    p.add_argument("--add-mask-token",
+                   help="token to add (with a new embedding row) when the tokenizer has no mask token")
     p.set_defaults(handler=_cmd_import_hf)
     p = _parser_with_examples(msub, "export-hf", "write a checkpoint as HF safetensors + config.json + tokenizer", [
         "llada model export-hf work/ckpt/dpo --out work/hf/llada-tiny",
@@ -174,7 +182,8 @@ def _cmd_import_hf(args) -> int:
 
     meta = import_hf(args.hf_dir, args.out, add_mask_token=args.add_mask_token)
     print(json.dumps({"out": args.out, "source_model_type": meta["source_model_type"],
-                      "added_special_tokens": meta["added_special_tokens"], "vocab_rows_added": meta["vocab_rows_added"]}, indent=2))
+                      "added_special_tokens": meta["added_special_tokens"],
+                      "vocab_rows_added": meta["vocab_rows_added"]}, indent=2))
     return 0
 
 
@@ -182,7 +191,8 @@ def _cmd_export_hf(args) -> int:
     from stages.model_hf import export_hf
 
     hf_cfg = export_hf(args.ckpt, args.out)
-    print(json.dumps({"out": args.out, "model_type": hf_cfg["model_type"], "vocab_size": hf_cfg["vocab_size"]}, indent=2))
+    print(json.dumps({"out": args.out, "model_type": hf_cfg["model_type"], "vocab_size": hf_cfg["vocab_size"]},
+                     indent=2))
     return 0
 
 

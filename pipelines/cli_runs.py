@@ -98,11 +98,12 @@ def status_rows(store: RunStore, run_id: str) -> list[dict]:
     states = {n.name: store.node(run_id, n.name) for n in nodes}
     for node in nodes:
         rec = states[node.name]
-        blocked = [u for u in node.upstream() if states[u]["state"] in ("FAILED", "PENDING")] if rec["state"] == "PENDING" else []
-        rows.append({"node": node.name, "state": rec["state"], "cache_key": rec.get("cache_key"), "attempts": rec.get("attempts", 0),
-                     "seconds": rec.get("seconds"), "started": rec.get("started"), "ended": rec.get("ended"),
-                     "mlflow_run_id": rec.get("mlflow_run_id"), "outputs": rec.get("outputs", {}),
-                     "cached_from": rec.get("cached_from"), "waiting_on": blocked,
+        blocked = ([u for u in node.upstream() if states[u]["state"] in ("FAILED", "PENDING")]
+                   if rec["state"] == "PENDING" else [])
+        rows.append({"node": node.name, "state": rec["state"], "cache_key": rec.get("cache_key"),
+                     "attempts": rec.get("attempts", 0), "seconds": rec.get("seconds"), "started": rec.get("started"),
+                     "ended": rec.get("ended"), "mlflow_run_id": rec.get("mlflow_run_id"),
+                     "outputs": rec.get("outputs", {}), "cached_from": rec.get("cached_from"), "waiting_on": blocked,
                      "error": rec.get("error"), "traceback": rec.get("traceback")})
     return rows
 
@@ -117,8 +118,8 @@ def _cmd_status(args) -> int:
     print(f"{'node':<18}{'state':<16}{'tries':>5}{'seconds':>9}  {'cache key':<14}{'mlflow run':<34}outputs")
     for r in rows:
         outs = ", ".join(f"{k}={v['uri']}" for k, v in r["outputs"].items())
-        print(f"{r['node']:<18}{r['state']:<16}{r['attempts']:>5}{r['seconds'] or '':>9}  {str(r['cache_key'])[:12]:<14}"
-              f"{str(r['mlflow_run_id'] or ''):<34}{outs}")
+        print(f"{r['node']:<18}{r['state']:<16}{r['attempts']:>5}{r['seconds'] or '':>9}  "
+              f"{str(r['cache_key'])[:12]:<14}{str(r['mlflow_run_id'] or ''):<34}{outs}")
         if r["waiting_on"]:
             print(f"{'':<18}waiting on {', '.join(r['waiting_on'])}")
         if r["error"]:

@@ -24,6 +24,8 @@ from pipelines import dag
 from pipelines.run_store import DONE, RunStore, artifact_digest, now, outputs_intact
 from pipelines.tracking import Tracker, flatten, redact
 
+MLFLOW_COPY_MAX_BYTES = 64 << 20  # node outputs up to this size are copied into MLflow as artifacts
+
 
 @dataclass
 class NodeContext:
@@ -147,8 +149,10 @@ class Executor:
             rec["_settled"] = "done"  # finished earlier in this run: never run again
             return None
         hit = None if (forced or opts.no_cache) else self.store.cache_get(key)
-        tags = {"llada.cache_key": key, "llada.stage": node.stage, "llada.ray_job_id": str(self.run_doc.get("ray_job_id")),
-                "llada.upstream_runs": ",".join(records[u].get("mlflow_run_id", "") for u in node.upstream()), **_code_tags()}
+        tags = {"llada.cache_key": key, "llada.stage": node.stage,
+                "llada.ray_job_id": str(self.run_doc.get("ray_job_id")),
+                "llada.upstream_runs": ",".join(records[u].get("mlflow_run_id", "") for u in node.upstream()),
+                **_code_tags()}
         mlflow_run = self.tracker.child_run(self.run_doc["mlflow_parent_run"], self.run_id, node.name, tags)
         rec |= {"cache_key": key, "mlflow_run_id": mlflow_run, "inputs": dict(digests),
                 "stage": node.stage}
@@ -156,7 +160,8 @@ class Executor:
             rec |= {"state": "SKIPPED-CACHED", "outputs": hit["outputs"], "cached_from": hit["source"],
                     "ended": now(), "_settled": "done", "error": None}
             self.store.write_node(self.run_id, _public(rec))
-            self.tracker.set_tags(mlflow_run, {"llada.state": "SKIPPED-CACHED", "llada.cached_from": str(hit["source"])})
+            self.tracker.set_tags(mlflow_run, {"llada.state": "SKIPPED-CACHED",
+                                               "llada.cached_from": str(hit["source"])})
             self.tracker.end(mlflow_run, "FINISHED")
             self.say(f"[{node.name}] cached (from {hit['source']['run_id']})")
             return None
@@ -196,19 +201,21 @@ class Executor:
             self.say(f"[{node.name}] FAILED after {seconds}s: {rec['error'].splitlines()[0][:300]}")
             return
         for name, out in result["outputs"].items():  # small local outputs are copied into MLflow too
-            if not storage.is_s3(out["uri"]) and _size(out["uri"]) <= self.run_doc.get("mlflow_artifact_max_mb", 64) << 20:
+            if not storage.is_s3(out["uri"]) and _size(out["uri"]) <= MLFLOW_COPY_MAX_BYTES:
                 if os.path.isdir(out["uri"]):
                     self.tracker.log_artifacts(rec["mlflow_run_id"], out["uri"], f"outputs/{name}")
                 else:
                     self.tracker.client.log_artifact(rec["mlflow_run_id"], out["uri"], f"outputs/{name}")
         out_tags = {f"llada.output.{k}": v["uri"] for k, v in result["outputs"].items()}
         out_tags |= {f"llada.output.{k}.digest": v["digest"] for k, v in result["outputs"].items()}
-        self.tracker.set_tags(rec["mlflow_run_id"], out_tags | {"llada.state": "SUCCEEDED", "llada.seconds": str(seconds)})
+        self.tracker.set_tags(rec["mlflow_run_id"],
+                              out_tags | {"llada.state": "SUCCEEDED", "llada.seconds": str(seconds)})
         # the node record is the commit point: a driver killed before it re-runs the node on resume
         rec |= {"state": "SUCCEEDED", "ended": now(), "seconds": seconds, "outputs": result["outputs"],
                 "info": result["info"], "_settled": "done"}
         self.store.write_node(self.run_id, _public(rec))
-        self.store.cache_put(rec["cache_key"], {"outputs": result["outputs"], "source": {"run_id": self.run_id, "node": node.name},
+        self.store.cache_put(rec["cache_key"], {"outputs": result["outputs"],
+                                                "source": {"run_id": self.run_id, "node": node.name},
                                                 "created": now()})
         self.tracker.end(rec["mlflow_run_id"], "FINISHED")
         self.say(f"[{node.name}] succeeded in {seconds}s")

@@ -42,7 +42,8 @@ def _datasets(rec: dict) -> list[dict]:
         except Exception:  # not a dataset
             continue
         found.append({"output": name, "digest": out["digest"], "tokenizer": manifest.get("tokenizer", {}).get("digest"),
-                      "sources": [{"uri": s.get("uri", s.get("path")), "sha256": s.get("sha256")} for s in manifest.get("sources", [])]})
+                      "sources": [{"uri": s.get("uri", s.get("path")), "sha256": s.get("sha256")}
+                                  for s in manifest.get("sources", [])]})
     return found
 
 
@@ -66,8 +67,9 @@ def lineage(store: RunStore, run_id: str, node: str | None = None) -> dict:
         seen[name] = {
             "node": name, "stage": nodes[name].stage, "state": rec.get("state"), "cache_key": rec.get("cache_key"),
             "config_hash": _config_hash(nodes[name].config), "computed_in": computed_in,
-            "code_version": source.get("code_version") or source_run.get("code_version"), "mlflow_run_id": rec.get("mlflow_run_id"),
-            "computed_mlflow_run_id": source.get("mlflow_run_id"), "outputs": rec.get("outputs", {}),
+            "code_version": source.get("code_version") or source_run.get("code_version"),
+            "mlflow_run_id": rec.get("mlflow_run_id"), "computed_mlflow_run_id": source.get("mlflow_run_id"),
+            "outputs": rec.get("outputs", {}),
             "inputs": rec.get("inputs", {}), "upstream": nodes[name].upstream(), "datasets": _datasets(rec),
         }
         for up in nodes[name].upstream():
@@ -88,7 +90,8 @@ def format_lineage(doc: dict) -> str:
         code = n["code_version"] or {}
         lines.append(f"{pad}{name} [{n['stage']}] {n['state']}{where}")
         lines.append(f"{pad}  config {n['config_hash'][:12]}  key {str(n['cache_key'])[:12]}  "
-                     f"code {str(code.get('git_sha'))[:10]}{'+dirty' if code.get('git_dirty') else ''}  mlflow {n['mlflow_run_id']}")
+                     f"code {str(code.get('git_sha'))[:10]}{'+dirty' if code.get('git_dirty') else ''}  "
+                     f"mlflow {n['mlflow_run_id']}")
         for out, o in n["outputs"].items():
             lines.append(f"{pad}  -> {out}: {o['uri']} sha256:{o['digest'][:16]}")
         for ds in n["datasets"]:

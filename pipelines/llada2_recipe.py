@@ -55,7 +55,8 @@ def _settings(section, base: type) -> dict:
 def _stage(cfg: RecipeConfig, name: str, section: TrainingSettings, **wiring) -> TrainingConfig:
     if hasattr(section, "objective"):
         wiring.setdefault("objective", section.objective.model_dump(mode="json"))
-    return TrainingConfig(name=name, layout=cfg.parallel, seed=cfg.seed, **_settings(section, TrainingSettings), **wiring)
+    return TrainingConfig(name=name, layout=cfg.parallel, seed=cfg.seed, **_settings(section, TrainingSettings),
+                          **wiring)
 
 
 def build_nodes(cfg: RecipeConfig) -> list[Node]:
@@ -68,21 +69,23 @@ def build_nodes(cfg: RecipeConfig) -> list[Node]:
     if hf:  # the imported model's own tokenizer
         tokenizer = {"path": hf, "add_mask_token": cfg.data.tokenizer.add_mask_token}
     nodes.append(Node("prepare_pretrain", S + "prepare_pretrain", {
-        "input": cfg.data.input, "out": "${out}", "seq_len": cfg.seq_len, "seed": cfg.seed, "num_workers": cfg.num_workers,
-        **_settings(cfg.data, PretrainDataSettings), "tokenizer": tokenizer}))
+        "input": cfg.data.input, "out": "${out}", "seq_len": cfg.seq_len, "seed": cfg.seed,
+        "num_workers": cfg.num_workers, **_settings(cfg.data, PretrainDataSettings), "tokenizer": tokenizer}))
     pretrain, tok = "${prepare_pretrain.dataset}", "${prepare_pretrain.dataset}/tokenizer"
     for kind, user in (("sft", ins.sft_input), ("dpo", ins.dpo_input)):
         nodes.append(Node(f"prepare_{kind}", S + "prepare_instruct_data", {
-            "kind": kind, "input": user or f"${{make_tasks.tasks}}/{kind}_train.jsonl", "out": "${out}", "tokenizer": tok,
-            "seed": cfg.seed, "num_workers": cfg.num_workers, **_settings(ins, InstructDataSettings)}))
+            "kind": kind, "input": user or f"${{make_tasks.tasks}}/{kind}_train.jsonl", "out": "${out}",
+            "tokenizer": tok, "seed": cfg.seed, "num_workers": cfg.num_workers,
+            **_settings(ins, InstructDataSettings)}))
 
     if hf:
         nodes.append(Node("base", S + "import_hf", {"hf_dir": hf, "out": "${out}",
                                                     "add_mask_token": cfg.data.tokenizer.add_mask_token}))
     else:  # block size 1 is AR: the base is an AR model of the same architecture
         t = cfg.training
-        nodes.append(_train_node(cfg, "base", _stage(cfg, "base", cfg.base, objective={"kind": "ar"}, data=pretrain,
-                                                     model=t.model, model_overrides=t.model_overrides, steps=cfg.base.steps)))
+        nodes.append(_train_node(cfg, "base", _stage(cfg, "base", cfg.base, objective={"kind": "ar"},
+                                                     data=pretrain, model=t.model, model_overrides=t.model_overrides,
+                                                     steps=cfg.base.steps)))
 
     previous = "${base.checkpoint}"
     per_step = tokens_per_step(cfg)
@@ -103,14 +106,16 @@ def build_nodes(cfg: RecipeConfig) -> list[Node]:
 
     sft_data, dpo_data = "${prepare_sft.dataset}", "${prepare_dpo.dataset}"
     for name, data, init, extra in (("sft", sft_data, previous, {}), ("cap", sft_data, "${sft.checkpoint}", {}),
-                                    ("dpo", dpo_data, "${cap.checkpoint}", {"reference_checkpoint": "${cap.checkpoint}"})):
+                                    ("dpo", dpo_data, "${cap.checkpoint}",
+                                     {"reference_checkpoint": "${cap.checkpoint}"})):
         section = getattr(cfg, name)
         nodes.append(_train_node(cfg, name, _stage(cfg, name, section, data=data, init_checkpoint=init,
                                                    steps=section.steps, **extra)))
     models |= {k: f"${{{k}.checkpoint}}" for k in ("sft", "cap", "dpo")}
     tasks = "${make_tasks.tasks}" if not (ins.sft_input and ins.dpo_input) else None
     nodes.append(Node("eval", S + "evaluate", {
-        "models": models, "pretrain": pretrain, "tasks": tasks or "", "dpo": dpo_data, "out": "${out}", **_dump(cfg.eval),
+        "models": models, "pretrain": pretrain, "tasks": tasks or "", "dpo": dpo_data, "out": "${out}",
+        **_dump(cfg.eval),
         "decode_models": [m for m in ("merged", "sft", "cap", "dpo") if m in models] if tasks else [],
         "sweep_models": ["sft", "cap"] if tasks else []}))
     nodes.append(Node("export", S + "export_hf", {"checkpoint": "${dpo.checkpoint}", "out": "${out}"}))

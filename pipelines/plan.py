@@ -86,7 +86,8 @@ def plan(cfg) -> dict:
         global_batch = stage.micro_batch * stage.grad_accum * layout.dp
         stages.append({"node": node.name, "objective": objective.kind, "steps": stage.steps,
                        "global_batch": global_batch, "tokens": stage.steps * global_batch * seq,
-                       "memory_gib": round(mem.total_gib, 1), "weights_grads_optimizer_gib": round(mem.weights_grads_optimizer_gib, 1),
+                       "memory_gib": round(mem.total_gib, 1),
+                       "weights_grads_optimizer_gib": round(mem.weights_grads_optimizer_gib, 1),
                        "activations_gib": round(mem.activations_gib, 1), "logits_gib": round(mem.logits_gib, 1)})
     return {"recipe": cfg.name, "layout": layout.model_dump(), "dp": layout.dp,
             "model": {"total_params": model.total_params(), "active_params": model.active_params()},
@@ -96,10 +97,14 @@ def plan(cfg) -> dict:
 
 def format_plan(p: dict) -> str:
     lay = p["layout"]
-    lines = [f"recipe {p['recipe']}: {p['model']['total_params'] / 1e9:.2f}B params ({p['model']['active_params'] / 1e9:.2f}B active)",
-             f"layout world={lay['world_size']} tp={lay['tp']} pp={lay['pp']} ep={lay['ep']} cp={lay['cp']} dp={p['dp']}",
-             f"CPT: {p['cpt_tokens_per_step']:,} tokens per step; " + ", ".join(f"{c['phase']} {c['tokens']:,}" for c in p["cpt_phases"]),
-             "", f"{'node':<18}{'objective':<10}{'steps':>7}{'batch':>7}{'tokens':>16}{'GiB/GPU':>9}  (weights+opt / acts / logits)"]
+    lines = [f"recipe {p['recipe']}: {p['model']['total_params'] / 1e9:.2f}B params "
+             f"({p['model']['active_params'] / 1e9:.2f}B active)",
+             f"layout world={lay['world_size']} tp={lay['tp']} pp={lay['pp']} ep={lay['ep']} cp={lay['cp']} "
+             f"dp={p['dp']}",
+             f"CPT: {p['cpt_tokens_per_step']:,} tokens per step; "
+             + ", ".join(f"{c['phase']} {c['tokens']:,}" for c in p["cpt_phases"]),
+             "", f"{'node':<18}{'objective':<10}{'steps':>7}{'batch':>7}{'tokens':>16}{'GiB/GPU':>9}"
+             "  (weights+opt / acts / logits)"]
     for n in p["nodes"]:
         if "steps" not in n:
             lines.append(f"{n['node']:<18}{n['stage']}")

@@ -101,7 +101,8 @@ class RecipeConfig(StrictModel):
         if isinstance(values, dict) and isinstance(values.get("schedule"), dict):
             schedule = values["schedule"]
             if "seq_len" in schedule and schedule["seq_len"] != values.get("seq_len"):
-                raise ValueError(f"schedule.seq_len: {schedule['seq_len']} differs from seq_len={values.get('seq_len')}")
+                raise ValueError(f"schedule.seq_len: {schedule['seq_len']} differs from "
+                                 f"seq_len={values.get('seq_len')}")
             values = dict(values, schedule=dict(schedule, seq_len=values.get("seq_len")))
         return values
 

@@ -59,7 +59,8 @@ def claims(results: dict) -> list[dict]:
     if "tasks" in sft and "tasks" in cap:
         s, c = sft["tasks"], cap["tasks"]
         out.append({"claim": "CAP raises TPF over SFT at a small accuracy cost (<= 5 points)",
-                    "numbers": f"TPF {s['tpf']:.2f} -> {c['tpf']:.2f}, accuracy {s['accuracy']:.3f} -> {c['accuracy']:.3f}",
+                    "numbers": f"TPF {s['tpf']:.2f} -> {c['tpf']:.2f}, "
+                               f"accuracy {s['accuracy']:.3f} -> {c['accuracy']:.3f}",
                     "shown": c["tpf"] > s["tpf"] and c["accuracy"] >= s["accuracy"] - 0.05})
     if "preference_accuracy" in cap and "preference_accuracy" in dpo:
         out.append({"claim": "DPO preference accuracy above the CAP model's",
@@ -80,7 +81,8 @@ def _plot_cpt(data: dict, path: Path) -> None:
         xs = [offset + s for s, _ in loss]
         ax.plot(xs, [v for _, v in loss], label=name)
         if hist.get("block_size"):
-            ax2.step([offset + s for s, _ in hist["block_size"]], [v for _, v in hist["block_size"]], "k--", where="post", lw=0.8)
+            ax2.step([offset + s for s, _ in hist["block_size"]], [v for _, v in hist["block_size"]], "k--",
+                     where="post", lw=0.8)
         ax.axvline(offset, color="grey", lw=0.5)
         offset = xs[-1]
     ax.set_xlabel("optimizer step (AR base, then CPT warm-up / stable / decay)")
@@ -106,7 +108,8 @@ def _plot_post(data: dict, path: Path) -> None:
         r = data["eval"].get(name, {})
         if "tasks" not in r:
             continue
-        points = sorted([(float(t), v) for t, v in r.get("sweep", {}).items()] + [(r["tasks"]["threshold"], r["tasks"])])
+        points = sorted([(float(t), v) for t, v in r.get("sweep", {}).items()]
+                        + [(r["tasks"]["threshold"], r["tasks"])])
         a2.plot([p["tpf"] for _, p in points], [p["accuracy"] for _, p in points], "o-", label=name)
         for t, p in points:
             a2.annotate(f"{t:g}", (p["tpf"], p["accuracy"]), fontsize=7)
@@ -129,13 +132,17 @@ def write_report(store: RunStore, run_id: str, out_dir: str | Path) -> dict:
     lines = [f"# Run {run_id} (recipe {data['recipe']})", "", "## What the recipe showed", "",
              "| claim | numbers | shown |", "|---|---|---|"]
     lines += [f"| {c['claim']} | {c['numbers']} | {'yes' if c['shown'] else '**no**'} |" for c in found]
-    lines += ["", "## Models", "", "| model | ELBO ppl (val, block 32) | accuracy | TPF | decode tok/s | preference acc |",
+    lines += ["", "## Models", "",
+              "| model | ELBO ppl (val, block 32) | accuracy | TPF | decode tok/s | preference acc |",
               "|---|---|---|---|---|---|"]
-    for label, r in sorted(data["eval"].items(), key=lambda kv: MODEL_ORDER.index(kv[0]) if kv[0] in MODEL_ORDER else 99):
+    for label, r in sorted(data["eval"].items(),
+                           key=lambda kv: MODEL_ORDER.index(kv[0]) if kv[0] in MODEL_ORDER else 99):
         t = r.get("tasks", {})
-        lines.append(f"| {label} | {r['elbo_ppl']:.1f} | {t.get('accuracy', float('nan')):.3f} | {t.get('tpf', float('nan')):.2f} | "
+        lines.append(f"| {label} | {r['elbo_ppl']:.1f} | {t.get('accuracy', float('nan')):.3f} | "
+                     f"{t.get('tpf', float('nan')):.2f} | "
                      f"{t.get('tokens_per_s', float('nan')):.0f} | {r.get('preference_accuracy', float('nan')):.3f} |")
-    lines += ["", "## Nodes (wall time; loop = time inside training steps; the rest is Ray / worker-group / checkpoint overhead)",
+    lines += ["", "## Nodes (wall time; loop = time inside training steps; the rest is Ray / worker-group / "
+              "checkpoint overhead)",
               "", "| node | state | seconds | loop s | overhead s | peak RSS MB |", "|---|---|---|---|---|---|"]
     for name, n in data["nodes"].items():
         rss = max((v for _, v in n["history"].get("peak_rss_mb", [])), default=float("nan"))

@@ -154,7 +154,8 @@ class RunStore:
         from botocore.exceptions import ClientError
 
         bucket, _, key = self._path(*parts).partition("/")
-        client = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
+        client = boto3.client("s3",
+                              endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
         try:
             client.put_object(Bucket=bucket, Key=key, Body=body, IfNoneMatch="*")
         except ClientError as exc:

@@ -86,9 +86,10 @@ def start(recipe: str, overrides: list[str] = (), run_id: str | None = None, no_
     run_id = run_id or new_run_id(cfg.name)
     existing = store.read(("runs", run_id, "run.json"))
     if existing and existing["nodes"] != dag.to_json(nodes):
-        raise dag.DagError(f"run {run_id} exists with a different recipe; use a new --run-id or `llada resume {run_id}`")
-    doc = existing or {"run_id": run_id, "recipe": cfg.name, "recipe_config": _jsonable(cfg), "nodes": dag.to_json(nodes),
-                       "created": now(), "code_version": code_version(), **where}
+        raise dag.DagError(f"run {run_id} exists with a different recipe; "
+                           f"use a new --run-id or `llada resume {run_id}`")
+    doc = existing or {"run_id": run_id, "recipe": cfg.name, "recipe_config": _jsonable(cfg),
+                       "nodes": dag.to_json(nodes), "created": now(), "code_version": code_version(), **where}
     doc["options"] = {"no_cache": no_cache, "from_stage": from_stage}
     store.write_run(run_id, doc)
     if not existing:  # every node is listed (PENDING) from the start

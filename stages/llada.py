@@ -135,7 +135,8 @@ def _eval(cfg: EvalConfig, ctx) -> dict:
         if label in cfg.decode_models:
             r["tasks"] = task_accuracy(model, tok, tasks, cfg.n_tasks, cfg.threshold, cfg.block_size)
         if label in cfg.sweep_models:
-            r["sweep"] = {str(t): task_accuracy(model, tok, tasks, max(1, cfg.n_tasks // 2), t, cfg.block_size) for t in cfg.sweep}
+            r["sweep"] = {str(t): task_accuracy(model, tok, tasks, max(1, cfg.n_tasks // 2), t, cfg.block_size)
+                          for t in cfg.sweep}
         if label in cfg.preference_models:
             r["preference_accuracy"] = preference_accuracy(model, cfg.dpo, "val", cfg.block_size, cfg.max_rows * 2)
         results[label] = r

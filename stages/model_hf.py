@@ -45,7 +45,8 @@ def import_hf(hf_dir: str | Path, out: str | Path, add_mask_token: str | None = 
     tok = load_tokenizer(hf_dir, add_mask_token=add_mask_token)
     original = tok.vocab_size - len(tok.added_roles)
     if original > cfg.vocab_size:
-        raise CheckpointError(f"vocab mismatch: the tokenizer has {original} tokens but config.json vocab_size={cfg.vocab_size}")
+        raise CheckpointError(f"vocab mismatch: the tokenizer has {original} tokens but "
+                              f"config.json vocab_size={cfg.vocab_size}")
     grown = cfg.vocab_size if tok.vocab_size <= cfg.vocab_size else pad_vocab(tok.vocab_size)
     new_cfg = cfg.model_copy(update={"vocab_size": grown})
 
@@ -62,7 +63,8 @@ def import_hf(hf_dir: str | Path, out: str | Path, add_mask_token: str | None = 
     meta = {
         "source": str(hf_dir.resolve()), "source_model_type": hf_cfg["model_type"],
         "source_files": {f.name: storage.sha256_of(*storage.resolve(str(f))) for f in files},
-        "added_special_tokens": tok.added_roles, "vocab_rows_added": grown - cfg.vocab_size, "code_version": code_version(),
+        "added_special_tokens": tok.added_roles, "vocab_rows_added": grown - cfg.vocab_size,
+        "code_version": code_version(),
     }
     save_checkpoint(out, new_cfg, tensors(), tok, meta)
     return meta
@@ -76,7 +78,8 @@ def export_hf(ckpt: str | Path, out: str | Path) -> dict:
     hf_cfg = to_hf_config(cfg) | {"bos_token_id": tok.id_of("bos"), "eos_token_id": tok.id_of("eos"),
                                   "pad_token_id": tok.id_of("pad"), "mask_token_id": tok.id_of("mask")}
     with storage.atomic_local_dir(out) as tmp:
-        save_file(megatron_to_hf(state, cfg, hf_cfg["model_type"]), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        save_file(megatron_to_hf(state, cfg, hf_cfg["model_type"]), str(tmp / "model.safetensors"),
+                  metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2, sort_keys=True))
         tok.save(tmp)
     return hf_cfg

@@ -107,7 +107,8 @@ def run(cfg: PrepareDataConfig) -> dict:
     try:
         for name, data in tok.files().items():
             writer.write_file(f"tokenizer/{name}", data)
-        for table in stream_encoded(sources, columns, tok, "pretrain", cfg.seed, cfg.val_fraction, cfg.num_workers, cfg.verbose):
+        for table in stream_encoded(sources, columns, tok, "pretrain", cfg.seed, cfg.val_fraction, cfg.num_workers,
+                                    cfg.verbose):
             bad = table["bad_utf8"].to_numpy(zero_copy_only=False)
             if bad.any():
                 first = sources[table["file_no"].to_pylist()[int(bad.argmax())]].uri

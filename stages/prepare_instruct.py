@@ -73,7 +73,8 @@ def run(cfg: PrepareInstructConfig) -> dict:
     try:
         for name, data in tok.files().items():
             writer.write_file(f"tokenizer/{name}", data)
-        for table in stream_encoded(sources, columns, tok, cfg.kind, cfg.seed, cfg.val_fraction, cfg.num_workers, cfg.verbose):
+        for table in stream_encoded(sources, columns, tok, cfg.kind, cfg.seed, cfg.val_fraction, cfg.num_workers,
+                                    cfg.verbose):
             file_nos = table["file_no"].to_pylist()
             errors = table["error"].to_pylist()
             for i, err in enumerate(errors):

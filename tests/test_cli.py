@@ -25,7 +25,9 @@ def test_help_lists_commands_and_every_leaf_has_examples(capsys):
         assert command in out
     leaves = [(path, p) for path, p in subcommand_paths(build_parser()) if not any(
         a.__class__.__name__ == "_SubParsersAction" for a in p._actions)]
-    assert {" ".join(path) for path, _ in leaves} >= {"data prepare", "data prepare-sft", "data prepare-dpo", "data make-tasks", "config show", "demo", "model import-hf", "model export-hf"}
+    assert {" ".join(path) for path, _ in leaves} >= {"data prepare", "data prepare-sft", "data prepare-dpo",
+                                                      "data make-tasks", "config show", "demo", "model import-hf",
+                                                      "model export-hf"}
     for path, _ in leaves:
         with pytest.raises(SystemExit):
             main([*path, "--help"])
@@ -52,7 +54,8 @@ def test_data_prepare_command(ray_local, corpus, tokenizer_dir, tmp_path, capsys
     manifest = json.loads((out / "manifest.json").read_text())
     assert printed["splits"] == manifest["splits"] and manifest["splits"]["val"]["rows"] == 0
     assert all(s["rows"] <= 3 for s in manifest["shards"]["train"])
-    assert main(["data", "prepare", "--input", src, "--out", str(out), "--seq-len", "16", "--tokenizer", tokenizer_dir]) == 2
+    assert main(["data", "prepare", "--input", src, "--out", str(out), "--seq-len", "16",
+                 "--tokenizer", tokenizer_dir]) == 2
     assert "already holds a dataset" in capsys.readouterr().err
 
 

@@ -38,7 +38,8 @@ def test_wrong_type_names_key(tmp_path):
 @pytest.mark.parametrize(
     "override, key, fragment",
     [
-        ("schedule.warmup_block_sizes=[1,3,32]", "schedule.warmup_block_sizes", "block size 3 does not divide seq_len=256"),
+        ("schedule.warmup_block_sizes=[1,3,32]", "schedule.warmup_block_sizes",
+         "block size 3 does not divide seq_len=256"),
         ("schedule.decay_min_block=48", "schedule.decay_min_block", "48 does not divide"),
         ("seq_len=250", "schedule.warmup_block_sizes", "does not divide seq_len=250"),
         ("parallel.tp=2", "parallel.world_size", "does not divide world_size=1"),
@@ -60,7 +61,8 @@ def test_missing_path_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match=r"key 'input': path does not exist: .*nope"):
         load_config(PrepareDataConfig, values={"input": str(tmp_path / "nope"), "out": "x", "seq_len": 8})
     with pytest.raises(ConfigError, match=r"key 'tokenizer.path': path does not exist"):
-        load_config(PrepareDataConfig, values={"input": "stdlib", "out": "x", "seq_len": 8, "tokenizer": {"path": "/no/tok"}})
+        load_config(PrepareDataConfig,
+                    values={"input": "stdlib", "out": "x", "seq_len": 8, "tokenizer": {"path": "/no/tok"}})
 
 
 def test_seq_len_below_two_rejected():
@@ -89,10 +91,12 @@ def test_canonical_json_is_stable_and_seed_sensitive(tmp_path):
 
 
 def test_yaml_key_order_does_not_change_digest(tmp_path):
-    p1 = write(tmp_path, "name: x\nseq_len: 128\nschedule: {warmup_tokens_per_block: 1, stable_tokens: 2, decay_tokens_per_block: 3}\n")
+    p1 = write(tmp_path, "name: x\nseq_len: 128\n"
+                         "schedule: {warmup_tokens_per_block: 1, stable_tokens: 2, decay_tokens_per_block: 3}\n")
     cfg1 = load_config(RecipeConfig, p1)
     p2 = tmp_path / "b.yaml"
-    p2.write_text("schedule: {decay_tokens_per_block: 3, stable_tokens: 2, warmup_tokens_per_block: 1}\nseq_len: 128\nname: x\n")
+    p2.write_text("schedule: {decay_tokens_per_block: 3, stable_tokens: 2, warmup_tokens_per_block: 1}\n"
+                  "seq_len: 128\nname: x\n")
     assert config_digest(cfg1) == config_digest(load_config(RecipeConfig, p2))
 
 

@@ -138,7 +138,8 @@ def test_crash_mid_write_leaves_nothing(ray_local, corpus, tokenizer_dir, tmp_pa
     [
         (lambda d: None, "no input files match"),
         (lambda d: open(os.path.join(d, "empty.txt"), "w").close(), "is empty"),
-        (lambda d: open(os.path.join(d, "a.jsonl"), "w").write('{"content": "x"}\n'), r"missing column\(s\): needs text"),
+        (lambda d: open(os.path.join(d, "a.jsonl"), "w").write('{"content": "x"}\n'),
+         r"missing column\(s\): needs text"),
         (lambda d: open(os.path.join(d, "a.jsonl"), "w").write("not json\n"), "first record is not a JSON object"),
     ],
 )

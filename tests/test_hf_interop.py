@@ -76,7 +76,8 @@ def our_logits(ckpt, ids):
         return model(ids, positions(*ids.shape, ids.device), masks.causal_mask(torch.zeros_like(ids)))
 
 
-@pytest.mark.parametrize("kind, over", [("qwen2", {"tie_word_embeddings": True}), ("qwen3", {}), ("qwen3_moe", {}), ("qwen3_moe", {"norm_topk_prob": False, "mlp_only_layers": [0]})])
+@pytest.mark.parametrize("kind, over", [("qwen2", {"tie_word_embeddings": True}), ("qwen3", {}), ("qwen3_moe", {}),
+                                        ("qwen3_moe", {"norm_topk_prob": False, "mlp_only_layers": [0]})])
 def test_imported_logits_match_transformers(megatron_ready, tmp_path, kind, over):
     hf = make_hf(kind, tmp_path / "hf", **over)
     meta = import_hf(tmp_path / "hf", tmp_path / "ckpt", add_mask_token="<|mask|>")
@@ -135,11 +136,13 @@ def test_bad_checkpoints_name_the_problem(megatron_ready, tmp_path):
     with pytest.raises(CheckpointError, match=r"missing tensor 'model.layers.1.self_attn.k_proj.weight'"):
         import_hf(variant("missing", missing), tmp_path / "o1", add_mask_token="<|mask|>")
     wrong = dict(weights, **{"model.layers.0.mlp.down_proj.weight": torch.zeros(32, 40)})
-    with pytest.raises(CheckpointError, match=r"layers.0.mlp.linear_fc2.weight' has shape \(32, 40\), expected \(32, 48\)"):
+    with pytest.raises(CheckpointError,
+                       match=r"layers.0.mlp.linear_fc2.weight' has shape \(32, 40\), expected \(32, 48\)"):
         import_hf(variant("shape", wrong), tmp_path / "o2", add_mask_token="<|mask|>")
     with pytest.raises(CheckpointError, match="unknown architecture model_type='llama'"):
         import_hf(variant("arch", config=cfg | {"model_type": "llama"}), tmp_path / "o3", add_mask_token="<|mask|>")
-    with pytest.raises(CheckpointError, match="vocab mismatch: the tokenizer has 120 tokens but config.json vocab_size=96"):
+    with pytest.raises(CheckpointError,
+                       match="vocab mismatch: the tokenizer has 120 tokens but config.json vocab_size=96"):
         import_hf(variant("vocab", tokenizer_vocab=120), tmp_path / "o4", add_mask_token="<|mask|>")
     extra = dict(weights, **{"model.layers.0.mystery.weight": torch.zeros(2)})
     with pytest.raises(CheckpointError, match="unexpected tensors.*mystery"):

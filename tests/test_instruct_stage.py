@@ -28,7 +28,8 @@ def tok_dir(tmp_path_factory, task_files):
 
 
 def prepare(kind, src, out, tok_dir, **kw):
-    return run(load_config(PrepareInstructConfig, values={"kind": kind, "input": src, "out": str(out), "tokenizer": tok_dir} | kw))
+    return run(load_config(PrepareInstructConfig,
+                           values={"kind": kind, "input": src, "out": str(out), "tokenizer": tok_dir} | kw))
 
 
 def test_sft_examples_decode_to_prompt_and_response(ray_local, task_files, tok_dir, tmp_path):
@@ -65,7 +66,8 @@ def test_dpo_pairs_share_the_prompt(ray_local, task_files, tok_dir, tmp_path):
 
 def test_messages_format_and_too_long_policy(ray_local, tok_dir, tmp_path):
     src = tmp_path / "chat.jsonl"
-    convo = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "Add: 1+2="}, {"role": "assistant", "content": "3"}]
+    convo = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "Add: 1+2="},
+             {"role": "assistant", "content": "3"}]
     long = [{"role": "user", "content": "apple " * 200}, {"role": "assistant", "content": "x"}]
     src.write_text(json.dumps({"messages": convo}) + "\n" + json.dumps({"messages": long}) + "\n")
     manifest = prepare("sft", str(src), tmp_path / "out", tok_dir, max_len=64)

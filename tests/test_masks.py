@@ -30,7 +30,8 @@ def brute_block_diffusion(doc_ids, block):
 
 def brute_simple(doc_ids, rule):
     B, L = doc_ids.shape
-    return torch.tensor([[[bool(doc_ids[b, i] == doc_ids[b, j] and rule(i, j)) for j in range(L)] for i in range(L)] for b in range(B)])
+    return torch.tensor([[[bool(doc_ids[b, i] == doc_ids[b, j] and rule(i, j)) for j in range(L)] for i in range(L)]
+                         for b in range(B)])
 
 
 def packed_docs(L, seed, pad=0):

@@ -33,7 +33,8 @@ def test_merge_averages_the_k_best(checkpoints, tmp_path):
     cfg, state, _, saved_meta = load_checkpoint(tmp_path / "merged")
     # best three: c1 (1.0), c2 (2.0), c0 (3.0) -> values 1, 2, 0 -> mean 1.0
     assert all(torch.equal(t, torch.ones_like(t)) for t in state.values())
-    assert [m["metric"] for m in meta["merged_from"]] == [1.0, 2.0, 3.0] == [m["metric"] for m in saved_meta["merged_from"]]
+    assert ([m["metric"] for m in meta["merged_from"]] == [1.0, 2.0, 3.0]
+            == [m["metric"] for m in saved_meta["merged_from"]])
 
 
 def test_merge_refuses_mismatched_models(checkpoints, tmp_path):

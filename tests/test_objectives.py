@@ -52,8 +52,10 @@ def test_loss_uses_unshifted_labels_and_only_masked_positions():
     model = FixedLogits(table)
     x0 = torch.tensor([[4, 5, 1]])  # positions 0, 1 right; position 2 wrong
     doc = torch.zeros_like(x0)
-    right = block_diffusion_loss(model, x0, doc, 3, MASK, noise=Noise(torch.tensor([1.0]), torch.tensor([[True, True, False]])))
-    wrong = block_diffusion_loss(model, x0, doc, 3, MASK, noise=Noise(torch.tensor([1.0]), torch.tensor([[False, False, True]])))
+    right = block_diffusion_loss(model, x0, doc, 3, MASK,
+                                 noise=Noise(torch.tensor([1.0]), torch.tensor([[True, True, False]])))
+    wrong = block_diffusion_loss(model, x0, doc, 3, MASK,
+                                 noise=Noise(torch.tensor([1.0]), torch.tensor([[False, False, True]])))
     assert right.loss.item() < 1e-6 and wrong.loss.item() > 5.0
     assert model.calls[-1][0].shape == (1, 3)  # L_B = L: the input is x_t alone (Eq. 2)
 

@@ -26,8 +26,9 @@ STEPS = 30
 
 
 def write_recipe(tmp_path, corpus_dir, tokenizer_dir, store, tracking_uri) -> str:
-    stage = {"name": "cpt", "objective": {"kind": "cpt", "block_size": 16}, "data": "${prepare.dataset}", "steps": STEPS, "micro_batch": 2,
-             "checkpoint_every": 3, "model": "tiny", "model_overrides": ["num_layers=2"]}
+    stage = {"name": "cpt", "objective": {"kind": "cpt", "block_size": 16}, "data": "${prepare.dataset}",
+             "steps": STEPS, "micro_batch": 2, "checkpoint_every": 3, "model": "tiny",
+             "model_overrides": ["num_layers=2"]}
     nodes = [
         {"name": "prepare", "stage": "stages.llada:prepare_pretrain",
          "config": {"input": corpus_dir, "out": "${out}", "seq_len": 64, "tokenizer": {"path": tokenizer_dir},
@@ -54,7 +55,8 @@ def logged_steps(tracking_uri: str, run_id: str, node: str) -> list[int]:
     exp = client.get_experiment_by_name("llada-resume")
     if exp is None:
         return []
-    found = client.search_runs([exp.experiment_id], f"tags.`llada.run_id` = '{run_id}' and tags.`llada.node` = '{node}'")
+    found = client.search_runs([exp.experiment_id],
+                               f"tags.`llada.run_id` = '{run_id}' and tags.`llada.node` = '{node}'")
     return [m.step for m in client.get_metric_history(found[0].info.run_id, "loss")] if found else []
 
 
@@ -75,9 +77,10 @@ def backend(request, tmp_path):
                  aws_secret_access_key="testing-secret", region_name="us-east-1").create_bucket(Bucket="llada")
     mlflow_port = free_port()
     server = subprocess.Popen(
-        [os.path.join(os.path.dirname(sys.executable), "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port),
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", "s3://llada/mlartifacts",
-         "--workers", "1"], env=os.environ | env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        [os.path.join(os.path.dirname(sys.executable), "mlflow"), "server", "--host", "127.0.0.1",
+         "--port", str(mlflow_port), "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", "s3://llada/mlartifacts", "--workers", "1"],
+        env=os.environ | env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     uri = f"http://127.0.0.1:{mlflow_port}"
     for _ in range(120):
         try:
@@ -127,7 +130,8 @@ def test_sigkill_driver_then_resume(backend, corpus, tokenizer_dir, tmp_path):
 
     client = MlflowClient(backend["tracking_uri"])
     exp = client.get_experiment_by_name("llada-resume")
-    children = client.search_runs([exp.experiment_id], f"tags.`llada.run_id` = '{run_id}' and tags.`llada.kind` = 'node'")
+    children = client.search_runs([exp.experiment_id],
+                                  f"tags.`llada.run_id` = '{run_id}' and tags.`llada.kind` = 'node'")
     assert sorted(r.data.tags["llada.node"] for r in children) == ["prepare", "train"]
     parent = store.run(run_id)["mlflow_parent_run"]
     assert all(r.data.tags["mlflow.parentRunId"] == parent for r in children)
@@ -140,7 +144,8 @@ def test_sigkill_driver_then_resume(backend, corpus, tokenizer_dir, tmp_path):
         keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="llada")["Contents"]]
         assert any(k.startswith("mlartifacts/") and k.endswith("meta.json") for k in keys)
         ray_train = [k for k in keys if k.startswith(f"store/runs/{run_id}/train/") and "checkpoint" in k]
-        assert any(k.endswith("trainer_state.json") for k in ray_train) and any(k.endswith(".distcp") for k in ray_train)
+        assert (any(k.endswith("trainer_state.json") for k in ray_train)
+                and any(k.endswith(".distcp") for k in ray_train))
 
     if not backend["store"].startswith("s3://"):
         return  # the re-run, the lock and lineage are storage-agnostic logic (test_dag); checked once, on S3
@@ -154,7 +159,8 @@ def test_sigkill_driver_then_resume(backend, corpus, tokenizer_dir, tmp_path):
         with pytest.raises(LockedError):
             with store.lock(run_id):
                 pass
-    lineage = subprocess.run([sys.executable, "-m", "pipelines.cli", "lineage", new_run, "--store", backend["store"], "--json"],
+    lineage = subprocess.run([sys.executable, "-m", "pipelines.cli", "lineage", new_run,
+                              "--store", backend["store"], "--json"],
                              env=env, capture_output=True, text=True, timeout=120)
     assert lineage.returncode == 0, lineage.stderr
     doc = json.loads(lineage.stdout)

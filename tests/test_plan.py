@@ -22,7 +22,8 @@ def test_memory_estimate_matches_a_hand_computed_case():
     assert est.weights_grads_optimizer_gib == pytest.approx(per_gpu * 18 / GiB)
     assert est.activations_gib == pytest.approx(34 * 512 * 2 * 128 / 2 * 4 / GiB)  # s = 2L for block diffusion
     assert est.logits_gib == pytest.approx(2 * 512 * cfg.vocab_size / 2 * 4 / GiB)
-    assert estimate(cfg, layout, 256, 2, block_diffusion=False).activations_gib == pytest.approx(est.activations_gib / 2)
+    assert (estimate(cfg, layout, 256, 2, block_diffusion=False).activations_gib
+            == pytest.approx(est.activations_gib / 2))
 
 
 @pytest.mark.parametrize("recipe, total_b", [("llada2-mini", 16.26), ("llada2-flash", 102.89)])

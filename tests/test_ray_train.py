@@ -49,7 +49,8 @@ def test_worker_killed_mid_run_finishes_via_failure_config(ray_local, tmp_path):
     assert marker.exists()  # the worker really died once
     assert result.error is None and result.metrics["step"] == 4
     assert result.checkpoint is not None
-    uninterrupted = spawn_one_rank(stage.model_dump(mode="json") | {"layout": {"world_size": 1}, "micro_batch": 4}, tmp_path)
+    uninterrupted = spawn_one_rank(stage.model_dump(mode="json") | {"layout": {"world_size": 1}, "micro_batch": 4},
+                                   tmp_path)
     assert result.metrics["loss"] == pytest.approx(uninterrupted[-1]["loss"], abs=1e-5)
     with result.checkpoint.as_directory() as d:
         import json
@@ -72,7 +73,8 @@ def test_bad_layout_fails_before_any_worker_starts(tmp_path, monkeypatch, layout
     from llada_core.trainer import ray_launch
 
     monkeypatch.setattr(ray_launch, "TorchTrainer", lambda *a, **k: pytest.fail("a worker group was created"))
-    stage = TrainingConfig.model_validate(stage_dict(make_dataset(str(tmp_path)), layout=layout, model_overrides=overrides))
+    stage = TrainingConfig.model_validate(stage_dict(make_dataset(str(tmp_path)), layout=layout,
+                                                     model_overrides=overrides))
     started = ray.is_initialized()
     with pytest.raises(ValueError, match=message):
         ray_launch.run_training(stage, str(tmp_path / "runs"))

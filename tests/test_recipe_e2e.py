@@ -30,7 +30,7 @@ SHORT = [
     "base.steps=4", "schedule.warmup_tokens_per_block=4096", "schedule.stable_tokens=4096",
     "schedule.decay_tokens_per_block=4096", "schedule.lr_warmup_tokens=0", "cpt.candidates_every=2",
     "sft.steps=4", "cap.steps=2", "dpo.steps=2", "eval.n_tasks=4", "eval.max_rows=8", "eval.sweep=[]",
-    "instruct.synthetic_tasks=1200", "training.checkpoint_every=50",
+    "instruct.tasks.n=1200",
 ]
 
 
@@ -48,7 +48,8 @@ def test_tiny_recipe_end_to_end(workdir, tmp_path):
     assert set(results) == {"base", "cpt_warmup", "cpt_stable", "cpt_decay", "merged", "sft", "cap", "dpo"}
     assert all(0 < r["elbo_ppl"] < float("inf") for r in results.values())
     assert {k for k, r in results.items() if "tasks" in r} == {"merged", "sft", "cap", "dpo"}
-    assert all(0 <= results[k]["tasks"]["accuracy"] <= 1 and results[k]["tasks"]["n"] == 4 for k in ("sft", "cap", "dpo"))
+    assert all(0 <= results[k]["tasks"]["accuracy"] <= 1 and results[k]["tasks"]["n"] == 4
+               for k in ("sft", "cap", "dpo"))
     found = claims(results)
     assert [c["claim"].split()[0] for c in found] == ["SFT", "CAP", "DPO"] and all(c["numbers"] for c in found)
     assert (tmp_path / "report" / "report.md").read_text().count("|") > 20
@@ -64,20 +65,23 @@ def sft_claim_graph(workdir) -> dict:
     cfg, nodes = runs.load("tiny-cpu", [f"workdir={workdir}", "eval.sweep=[]", "eval.max_rows=8"])
     picked = {n.name: n for n in nodes if n.name in ("make_tasks", "prepare_pretrain", "prepare_sft", "sft", "eval")}
     sft = picked["sft"].config["training"]
-    assert sft["steps"] == cfg.sft.steps and sft["optim"]["lr"] == cfg.sft.lr  # the recipe's SFT, as in the demo
+    assert sft["steps"] == cfg.sft.steps and sft["optim"]["lr"] == cfg.sft.optim.lr  # the recipe's SFT, as in the demo
     sft |= {"init_checkpoint": None, "model": cfg.training.model, "model_overrides": cfg.training.model_overrides,
             "checkpoint_every": sft["steps"]}  # one save: checkpoint frequency does not change the numerics
     ev = picked["eval"].config
-    ev |= {"models": {"sft": ev["models"]["sft"]}, "decode_models": ["sft"], "sweep_models": [], "preference_models": [], "dpo": ""}
+    ev |= {"models": {"sft": ev["models"]["sft"]}, "decode_models": ["sft"], "sweep_models": [],
+           "preference_models": [], "dpo": ""}
     return {"name": "tiny-cpu-sft-claim", "workdir": str(workdir),
-            "nodes": [{"name": n.name, "stage": n.stage, "config": n.config, "after": n.after} for n in picked.values()]}
+            "nodes": [{"name": n.name, "stage": n.stage, "config": n.config, "after": n.after}
+                      for n in picked.values()]}
 
 
 def test_sft_accuracy_far_above_the_trivial_baseline(workdir, tmp_path):
     recipe = tmp_path / "sft-claim.yaml"
     recipe.write_text(yaml.safe_dump(sft_claim_graph(workdir)))
     _, _, records = runs.start(str(recipe), say=lambda m: None)
-    assert {r["state"] for r in records.values()} <= {"SUCCEEDED", "SKIPPED-CACHED"}, {k: r.get("error") for k, r in records.items()}
+    assert {r["state"] for r in records.values()} <= {"SUCCEEDED", "SKIPPED-CACHED"}, {
+        k: r.get("error") for k, r in records.items()}
     results = json.loads(open(records["eval"]["outputs"]["results"]["uri"]).read())
     tasks = results["sft"]["tasks"]
     assert tasks["n"] == 100

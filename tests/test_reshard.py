@@ -16,7 +16,8 @@ def all_coords(tp=1, pp=1, ep=1, etp=None):
     return out
 
 
-@pytest.mark.parametrize("layout", [dict(tp=2), dict(ep=2), dict(pp=2), dict(tp=2, ep=2), dict(tp=2, pp=2, ep=4, etp=1)])
+@pytest.mark.parametrize("layout", [dict(tp=2), dict(ep=2), dict(pp=2), dict(tp=2, ep=2),
+                                    dict(tp=2, pp=2, ep=4, etp=1)])
 def test_shard_then_unshard_is_identity(layout):
     cfg = load_preset("tiny", ["vocab_size=64", "qkv_bias=true"])
     g = torch.Generator().manual_seed(0)

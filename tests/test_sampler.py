@@ -29,7 +29,8 @@ class Oracle(torch.nn.Module):
 def test_threshold_one_decodes_one_token_per_forward():
     target = [5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 5]
     model = Oracle(target)
-    out = generate(model, target[:2], mask_id=MASK, eos_id=EOS, max_new_tokens=8, max_len=16, block_size=4, threshold=1.0)
+    out = generate(model, target[:2], mask_id=MASK, eos_id=EOS, max_new_tokens=8, max_len=16, block_size=4,
+                   threshold=1.0)
     assert out.tokens == target[2:10]
     assert out.forward_passes == len(out.tokens) + 2 == 10  # 2 extra steps: the last block's 2 tokens past 8
     assert out.steps_per_block == [2, 4, 4]
@@ -38,7 +39,8 @@ def test_threshold_one_decodes_one_token_per_forward():
 def test_low_threshold_accepts_whole_blocks_and_stops_at_eos():
     target = [5, 6, 7, 8, 9, EOS, 11, 12] + [5] * 8
     model = Oracle(target, sharp=50.0)
-    out = generate(model, target[:2], mask_id=MASK, eos_id=EOS, max_new_tokens=12, max_len=16, block_size=4, threshold=0.5)
+    out = generate(model, target[:2], mask_id=MASK, eos_id=EOS, max_new_tokens=12, max_len=16, block_size=4,
+                   threshold=0.5)
     assert out.tokens == [7, 8, 9, EOS] and out.forward_passes == 2 and out.tpf == 2.0
     assert out.steps_per_block == [1, 1]
 

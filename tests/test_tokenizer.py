@@ -63,7 +63,8 @@ def test_bad_tokenizer_files(tmp_path):
 
 def test_chat_template_prompt_length(tmp_path):
     tok = train_bpe(iter(TEXT + ["Add: 12+30= 42"] * 10), 320)
-    ids, prompt_len = encode_example(tok, [{"role": "user", "content": "Add: 12+30="}, {"role": "assistant", "content": "42"}])
+    ids, prompt_len = encode_example(tok, [{"role": "user", "content": "Add: 12+30="},
+                                           {"role": "assistant", "content": "42"}])
     assert ids[0] == tok.id_of("bos") and ids[prompt_len - 1] == tok.id_of("assistant")
     assert tok.decode(ids[prompt_len:-2]) == "42"
     assert ids[-2:] == [tok.id_of("eot"), tok.id_of("eos")]

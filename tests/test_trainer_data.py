@@ -69,8 +69,10 @@ def test_precision_choice(tmp_path):
     from llada_core.trainer.config import TrainingConfig, training_dtype
 
     base = {"name": "s", "objective": {"kind": "cpt"}, "data": str(tmp_path), "steps": 1}
-    assert training_dtype(load_config(TrainingConfig, values=base)) == (torch.bfloat16 if torch.cuda.is_available() else torch.float32)
-    bf16 = load_config(TrainingConfig, values=base | {"precision": "bf16"})  # a config validates the same on any machine
+    assert training_dtype(load_config(TrainingConfig, values=base)) == (
+        torch.bfloat16 if torch.cuda.is_available() else torch.float32)
+    # a config validates the same on any machine
+    bf16 = load_config(TrainingConfig, values=base | {"precision": "bf16"})
     if not torch.cuda.is_available():  # and where the stage runs, a machine without CUDA refuses it
         with pytest.raises(ValueError, match="precision: bf16 training needs a GPU"):
             training_dtype(bf16)

@@ -48,6 +48,7 @@ def test_dpo_with_frozen_reference_and_consolidated_handoff(datasets, tmp_path):
     stage.pop("model_overrides", None)
     dpo_trainer, history = run(stage, tmp_path / "b")
     # policy == reference at step 0: the margin is exactly 0 and the loss is log 2
-    assert history[0]["margin"] == pytest.approx(0.0, abs=1e-6) and history[0]["loss"] == pytest.approx(0.6931, abs=1e-3)
+    assert (history[0]["margin"] == pytest.approx(0.0, abs=1e-6)
+            and history[0]["loss"] == pytest.approx(0.6931, abs=1e-3))
     ref_params = [p for p in dpo_trainer.reference.parameters()]
     assert all(not p.requires_grad for p in ref_params)

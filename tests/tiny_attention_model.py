@@ -14,7 +14,8 @@ class TinyAttentionLM(nn.Module):
         self.emb = nn.Embedding(vocab, hidden)
         self.pos = nn.Embedding(max_pos, hidden)
         self.qkv = nn.ModuleList(nn.Linear(hidden, 3 * hidden) for _ in range(layers))
-        self.mlp = nn.ModuleList(nn.Sequential(nn.Linear(hidden, 2 * hidden), nn.GELU(), nn.Linear(2 * hidden, hidden)) for _ in range(layers))
+        self.mlp = nn.ModuleList(nn.Sequential(nn.Linear(hidden, 2 * hidden), nn.GELU(), nn.Linear(2 * hidden, hidden))
+                                 for _ in range(layers))
         self.out = nn.Linear(hidden, vocab)
 
     def forward(self, input_ids, position_ids, allowed):

@@ -78,12 +78,14 @@ def make_instruct_dataset(root: str, kind: str, pretrain: str, n: int = 24) -> s
     for i in range(n):
         prompt, answer = f"Add: {i}+{i}=", str(2 * i)
         if kind == "sft":
-            ids, plen = encode_example(tok, [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}])
+            ids, plen = encode_example(tok, [{"role": "user", "content": prompt},
+                                             {"role": "assistant", "content": answer}])
             w.add("train", input_ids=ids, prompt_len=plen)
         else:
             p = encode_prompt(tok, [{"role": "user", "content": prompt}])
-            w.add("train", chosen_ids=p + encode_response(tok, answer), rejected_ids=p + encode_response(tok, answer + "1"),
-                  prompt_len=len(p))
+            w.add("train", chosen_ids=p + encode_response(tok, answer),
+                  rejected_ids=p + encode_response(tok, answer + "1"), prompt_len=len(p))
     special = {r: {"token": tok.special[r], "id": tok.id_of(r)} for r in tok.special}
-    w.commit({"kind": kind, "tokenizer": {"digest": tok.digest, "vocab_size": tok.vocab_size, "special_tokens": special}})
+    w.commit({"kind": kind,
+              "tokenizer": {"digest": tok.digest, "vocab_size": tok.vocab_size, "special_tokens": special}})
     return os.path.join(root, kind)

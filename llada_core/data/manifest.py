@@ -34,7 +34,8 @@ def tokenizer_manifest(tok: LladaTokenizer, trained: bool) -> dict:
     }
 
 
-def common_fields(cfg: BaseModel, sources: list[SourceFile], per_source: list[dict], tok: LladaTokenizer, trained: bool) -> dict:
+def common_fields(cfg: BaseModel, sources: list[SourceFile], per_source: list[dict], tok: LladaTokenizer,
+                  trained: bool) -> dict:
     digests = source_digests(sources)
     return {
         "sources": [

@@ -61,7 +61,9 @@ class Encoder:
         self.kind, self.seed, self.val_fraction = kind, seed, val_fraction
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        good = [(i, json.loads(r)) for i, (r, bad) in enumerate(zip(batch["record"].to_pylist(), batch["bad_utf8"].to_pylist(), strict=True)) if not bad]
+        good = [(i, json.loads(r)) for i, (r, bad) in enumerate(zip(batch["record"].to_pylist(),
+                                                                    batch["bad_utf8"].to_pylist(), strict=True))
+                if not bad]
         cols: dict[str, list] = {"file_no": batch["file_no"].to_pylist(), "bad_utf8": batch["bad_utf8"].to_pylist()}
         n = batch.num_rows
         if self.kind == "pretrain":

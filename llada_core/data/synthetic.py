@@ -34,7 +34,8 @@ RULES: dict[str, tuple[str, Callable[[list[str]], list[str]]]] = {
     "Sort": (DIGITS, sorted),
     "Next letter": (LETTERS[:-1], lambda xs: [_successor(x) for x in xs]),
 }
-TASKS = {"reverse": "Reverse", "uppercase": "Uppercase", "sort": "Sort", "next_letter": "Next letter"}  # name -> prompt head
+# name -> prompt head
+TASKS = {"reverse": "Reverse", "uppercase": "Uppercase", "sort": "Sort", "next_letter": "Next letter"}
 
 
 def _adjacent_swap(good: list[str], rng: random.Random) -> list[str] | None:
@@ -104,7 +105,8 @@ def write_task_files(out_dir: str | Path, n: int, seed: int = 0, eval_fraction: 
     files = {}
     for split, rows in generate(n, seed, eval_fraction).items():
         sft = [{"task": r["task"], "prompt": r["prompt"], "response": r["response"]} for r in rows]
-        dpo = [{"task": r["task"], "prompt": r["prompt"], "chosen": r["response"], "rejected": r["rejected"]} for r in rows]
+        dpo = [{"task": r["task"], "prompt": r["prompt"], "chosen": r["response"], "rejected": r["rejected"]}
+               for r in rows]
         for kind, records in (("sft", sft), ("dpo", dpo)):
             path = out / f"{kind}_{split}.jsonl"
             tmp = path.with_suffix(".jsonl.tmp")

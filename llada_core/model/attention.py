@@ -1,10 +1,12 @@
 """Core attention for megatron's SelfAttention, chosen by config (`attention_backend`).
 
 `sdpa` (default, CPU and GPU): torch scaled_dot_product_attention with an arbitrary per-sample
-boolean mask. `flex` (GPU): flex_attention with a BlockMask from the same mask, skipping empty
-blocks. flash-attn is not offered: it cannot express the block-diffusion (Eq. 3) mask. megatron passes masks as True = masked OUT; SDPA wants True = may attend: the
-inversion happens here and only here. GQA: megatron hands over un-expanded KV heads
-([S, B, groups, D]); query head j uses KV group j // (heads / groups), as megatron and HF do.
+boolean mask. `flex` (GPU): flex_attention with a BlockMask built from that same dense mask
+tensor (not from the predicates of llada_core.masks), skipping empty blocks. flash-attn is not
+offered: it cannot express the block-diffusion (Eq. 3) mask. megatron passes masks as True = masked
+OUT; SDPA wants True = may attend: the inversion happens here and only here. GQA: megatron hands
+over un-expanded KV heads ([S, B, groups, D]); query head j uses KV group j // (heads / groups),
+as megatron and HF do.
 Every query must see at least one key (all our masks keep the diagonal); a fully masked row
 would come out as zeros on CPU SDPA.
 """
@@ -78,7 +80,8 @@ class SDPACoreAttention(MegatronModule):
         if attention_mask is not None:
             allowed = ~attention_mask.to(torch.bool)[:, 0]  # [B, Sq, Sk]
         elif mask_type == AttnMaskType.causal:
-            allowed = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril(k.shape[2] - q.shape[2])[None]
+            allowed = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool,
+                                 device=q.device).tril(k.shape[2] - q.shape[2])[None]
         else:
             allowed = None
         out = self.attend(q, k, v, allowed)

@@ -49,7 +49,8 @@ class IndexedRotaryEmbedding(RotaryEmbedding):
         return table[self.positions]
 
 
-def transformer_config(cfg: ModelConfig, layout: ParallelLayout, dtype: torch.dtype = torch.float32) -> TransformerConfig:
+def transformer_config(cfg: ModelConfig, layout: ParallelLayout,
+                       dtype: torch.dtype = torch.float32) -> TransformerConfig:
     moe = {}
     if cfg.is_moe:
         moe = dict(
@@ -132,7 +133,8 @@ class LladaModel(nn.Module):
             for a in attentions:
                 a.kv_cache = None
 
-    def forward(self, input_ids: Tensor, position_ids: Tensor, allowed: Tensor, mask_noise: tuple | None = None) -> Tensor:
+    def forward(self, input_ids: Tensor, position_ids: Tensor, allowed: Tensor,
+                mask_noise: tuple | None = None) -> Tensor:
         """mask_noise = (mask_id, std, generator) adds Gaussian noise to [MASK] embeddings."""
         if not torch.equal(position_ids, position_ids[:1].expand_as(position_ids)):
             raise ValueError("every row of a batch must use the same position_ids")
@@ -140,7 +142,8 @@ class LladaModel(nn.Module):
         if mask_noise is not None and self.pre_process:  # later stages receive the noised activations
             mask_id, std, generator = mask_noise
             emb = self.gpt.embedding(input_ids=input_ids, position_ids=position_ids)  # [S, B, H]
-            decoder_input = add_mask_embedding_noise(emb.transpose(0, 1), input_ids, mask_id, std, generator).transpose(0, 1)
+            decoder_input = add_mask_embedding_noise(emb.transpose(0, 1), input_ids, mask_id, std,
+                                                     generator).transpose(0, 1)
         rotary = self.gpt.rotary_pos_emb
         rotary.positions = position_ids[0]
         try:

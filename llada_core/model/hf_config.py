@@ -39,13 +39,15 @@ def _require(cfg: dict, field: str, expected, default=None) -> None:
 def from_hf_config(cfg: dict) -> ModelConfig:
     arch = cfg.get("model_type")
     if arch not in SUPPORTED:
-        raise CheckpointError(f"config.json: unknown architecture model_type={arch!r} (supported: {', '.join(SUPPORTED)})")
+        raise CheckpointError(f"config.json: unknown architecture model_type={arch!r} "
+                              f"(supported: {', '.join(SUPPORTED)})")
     hidden = _get(cfg, "hidden_size")
     heads = _get(cfg, "num_attention_heads")
     common = dict(
         vocab_size=_get(cfg, "vocab_size"), hidden_size=hidden, num_layers=_get(cfg, "num_hidden_layers"),
         num_heads=heads, num_kv_heads=_get(cfg, "num_key_value_heads", default=heads),
-        head_dim=_get(cfg, "head_dim", default=hidden // heads), norm_eps=float(_get(cfg, "rms_norm_eps", default=1e-6)),
+        head_dim=_get(cfg, "head_dim", default=hidden // heads),
+        norm_eps=float(_get(cfg, "rms_norm_eps", default=1e-6)),
         tie_embeddings=bool(cfg.get("tie_word_embeddings", False)), rotary_base=_rope_theta(cfg),
         max_position=_get(cfg, "max_position_embeddings", default=4096),
     )
@@ -76,14 +78,17 @@ def from_hf_config(cfg: dict) -> ModelConfig:
     _require(cfg, "use_bias", False, False)
     shared = int(cfg.get("num_shared_experts") or 0)
     return ModelConfig(
-        **(common | dict(qk_norm=bool(cfg.get("use_qk_norm", True)), rotary_percent=float(cfg.get("partial_rotary_factor", 1.0)))),
+        **(common | dict(qk_norm=bool(cfg.get("use_qk_norm", True)),
+                         rotary_percent=float(cfg.get("partial_rotary_factor", 1.0)))),
         ffn_hidden_size=_get(cfg, "intermediate_size"), first_k_dense=int(cfg.get("first_k_dense_replace", 0)),
         num_experts=_get(cfg, "num_experts"), moe_topk=_get(cfg, "num_experts_per_tok"),
         moe_ffn_hidden_size=_get(cfg, "moe_intermediate_size"),
         shared_expert_ffn_hidden_size=shared * _get(cfg, "moe_intermediate_size"),
-        router_score=cfg.get("score_function", "sigmoid"), router_expert_bias=bool(cfg.get("moe_router_enable_expert_bias", True)),
+        router_score=cfg.get("score_function", "sigmoid"),
+        router_expert_bias=bool(cfg.get("moe_router_enable_expert_bias", True)),
         router_num_groups=cfg.get("n_group"), router_group_topk=cfg.get("topk_group"),
-        routed_scaling_factor=float(cfg.get("routed_scaling_factor", 1.0)), norm_topk_prob=bool(cfg.get("norm_topk_prob", True)),
+        routed_scaling_factor=float(cfg.get("routed_scaling_factor", 1.0)),
+        norm_topk_prob=bool(cfg.get("norm_topk_prob", True)),
     )
 
 
@@ -99,28 +104,32 @@ def to_hf_config(cfg: ModelConfig) -> dict:
     }
     qwen_like = cfg.qk_norm and cfg.rotary_percent == 1.0 and not cfg.qkv_bias
     if not cfg.is_moe and cfg.qkv_bias and not cfg.qk_norm and cfg.rotary_percent == 1.0:
-        return common | {"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "intermediate_size": cfg.ffn_hidden_size,
-                         "use_sliding_window": False}
+        return common | {"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"],
+                         "intermediate_size": cfg.ffn_hidden_size, "use_sliding_window": False}
     if cfg.qkv_bias:
         raise CheckpointError("qkv_bias is only exportable as a dense Qwen2 model (no qk_norm, full RoPE)")
     if not cfg.is_moe and qwen_like:
-        return common | {"model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"], "intermediate_size": cfg.ffn_hidden_size,
-                         "attention_bias": False}
+        return common | {"model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"],
+                         "intermediate_size": cfg.ffn_hidden_size, "attention_bias": False}
     if cfg.is_moe and qwen_like and cfg.router_score == "softmax" and not cfg.shared_expert_ffn_hidden_size:
         return common | {
-            "model_type": "qwen3_moe", "architectures": ["Qwen3MoeForCausalLM"], "intermediate_size": cfg.ffn_hidden_size,
-            "num_experts": cfg.num_experts, "num_local_experts": cfg.num_experts, "num_experts_per_tok": cfg.moe_topk,
+            "model_type": "qwen3_moe", "architectures": ["Qwen3MoeForCausalLM"],
+            "intermediate_size": cfg.ffn_hidden_size, "num_experts": cfg.num_experts,
+            "num_local_experts": cfg.num_experts, "num_experts_per_tok": cfg.moe_topk,
             "moe_intermediate_size": cfg.moe_ffn_hidden_size, "norm_topk_prob": cfg.norm_topk_prob,
             "mlp_only_layers": list(range(cfg.first_k_dense)), "decoder_sparse_step": 1, "attention_bias": False,
         }
     if cfg.is_moe and cfg.shared_expert_ffn_hidden_size % cfg.moe_ffn_hidden_size:
-        raise CheckpointError("shared_expert_ffn_hidden_size must be a multiple of moe_ffn_hidden_size for BailingMoeV2")
+        raise CheckpointError("shared_expert_ffn_hidden_size must be a multiple of moe_ffn_hidden_size "
+                              "for BailingMoeV2")
     return common | {
-        "model_type": "bailing_moe_v2", "architectures": ["BailingMoeV2ForCausalLM"], "intermediate_size": cfg.ffn_hidden_size,
-        "num_experts": cfg.num_experts, "num_experts_per_tok": cfg.moe_topk, "moe_intermediate_size": cfg.moe_ffn_hidden_size,
+        "model_type": "bailing_moe_v2", "architectures": ["BailingMoeV2ForCausalLM"],
+        "intermediate_size": cfg.ffn_hidden_size, "num_experts": cfg.num_experts, "num_experts_per_tok": cfg.moe_topk,
+        "moe_intermediate_size": cfg.moe_ffn_hidden_size,
         "num_shared_experts": cfg.shared_expert_ffn_hidden_size // cfg.moe_ffn_hidden_size if cfg.is_moe else 0,
-        "first_k_dense_replace": cfg.first_k_dense, "n_group": cfg.router_num_groups, "topk_group": cfg.router_group_topk,
-        "routed_scaling_factor": cfg.routed_scaling_factor, "score_function": cfg.router_score,
-        "moe_router_enable_expert_bias": cfg.router_expert_bias, "norm_topk_prob": cfg.norm_topk_prob,
-        "use_qk_norm": cfg.qk_norm, "partial_rotary_factor": cfg.rotary_percent, "use_qkv_bias": False, "use_bias": False,
+        "first_k_dense_replace": cfg.first_k_dense, "n_group": cfg.router_num_groups,
+        "topk_group": cfg.router_group_topk, "routed_scaling_factor": cfg.routed_scaling_factor,
+        "score_function": cfg.router_score, "moe_router_enable_expert_bias": cfg.router_expert_bias,
+        "norm_topk_prob": cfg.norm_topk_prob, "use_qk_norm": cfg.qk_norm, "partial_rotary_factor": cfg.rotary_percent,
+        "use_qkv_bias": False, "use_bias": False,
     }

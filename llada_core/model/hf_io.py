@@ -35,16 +35,19 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
             layer + "pre_mlp_layernorm.weight": (H,),
         }
         if cfg.qk_norm:
-            out |= {layer + "self_attention.q_layernorm.weight": (d,), layer + "self_attention.k_layernorm.weight": (d,)}
+            out |= {layer + "self_attention.q_layernorm.weight": (d,),
+                    layer + "self_attention.k_layernorm.weight": (d,)}
         if not moe:
-            out |= {layer + "mlp.linear_fc1.weight": (2 * cfg.ffn_hidden_size, H), layer + "mlp.linear_fc2.weight": (H, cfg.ffn_hidden_size)}
+            out |= {layer + "mlp.linear_fc1.weight": (2 * cfg.ffn_hidden_size, H),
+                    layer + "mlp.linear_fc2.weight": (H, cfg.ffn_hidden_size)}
             continue
         out[layer + "mlp.router.weight"] = (cfg.num_experts, H)
         if cfg.router_expert_bias:
             out[layer + "mlp.router.expert_bias"] = (cfg.num_experts,)
         for e in range(cfg.num_experts):
             ex = f"{layer}mlp.experts.local_experts.{e}."
-            out |= {ex + "linear_fc1.weight": (2 * cfg.moe_ffn_hidden_size, H), ex + "linear_fc2.weight": (H, cfg.moe_ffn_hidden_size)}
+            out |= {ex + "linear_fc1.weight": (2 * cfg.moe_ffn_hidden_size, H),
+                    ex + "linear_fc2.weight": (H, cfg.moe_ffn_hidden_size)}
         if cfg.shared_expert_ffn_hidden_size:
             sh = layer + "mlp.shared_experts."
             n = cfg.shared_expert_ffn_hidden_size
@@ -59,7 +62,8 @@ def qkv_to_megatron(q: Tensor, k: Tensor, v: Tensor, cfg: ModelConfig) -> Tensor
     """Weights [rows, H] or biases [rows]: interleave per KV group."""
     g, d, rest = cfg.num_kv_heads, cfg.head_dim, q.shape[1:]
     per = cfg.num_heads // g
-    return torch.cat([q.reshape(g, per * d, *rest), k.reshape(g, d, *rest), v.reshape(g, d, *rest)], 1).reshape(-1, *rest)
+    return torch.cat([q.reshape(g, per * d, *rest), k.reshape(g, d, *rest), v.reshape(g, d, *rest)],
+                     1).reshape(-1, *rest)
 
 
 def qkv_from_megatron(w: Tensor, cfg: ModelConfig) -> tuple[Tensor, Tensor, Tensor]:

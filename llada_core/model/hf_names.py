@@ -28,11 +28,13 @@ def _mlp(shared: str) -> dict:
 
 
 _TOP = {"decoder.final_layernorm.weight": "model.norm.weight", "output_layer.weight": "lm_head.weight",
-        "input_layernorm.weight": "input_layernorm.weight", "pre_mlp_layernorm.weight": "post_attention_layernorm.weight"}
+        "input_layernorm.weight": "input_layernorm.weight",
+        "pre_mlp_layernorm.weight": "post_attention_layernorm.weight"}
 
 QWEN = _TOP | _mlp("shared_expert") | {  # Qwen2, Qwen3, Qwen3-MoE
     "embedding.word_embeddings.weight": "model.embed_tokens.weight",
-    "self_attention.linear_qkv.weight": ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
+    "self_attention.linear_qkv.weight": ("self_attn.q_proj.weight", "self_attn.k_proj.weight",
+                                         "self_attn.v_proj.weight"),
     "self_attention.linear_qkv.bias": ("self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"),
     "self_attention.linear_proj.weight": "self_attn.o_proj.weight",
     "self_attention.q_layernorm.weight": "self_attn.q_norm.weight",

@@ -17,7 +17,7 @@ model is built. Each patch names what fails without it (each was confirmed by re
      `.cuda()` before all-reducing the shared weight.
   8. FP32Optimizer puts its (unused) loss scale on 'cuda'. Its grad-norm / clipping code asserts CUDA
      tensors too: the trainer computes the norm and clips itself (llada_core.trainer.optim).
-Tested in CI against the pinned megatron-core (tests/test_megatron_cpu.py).
+Tested in CI against the pinned megatron-core (tests/test_megatron_model.py).
 """
 
 from __future__ import annotations

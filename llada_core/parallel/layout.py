@@ -27,7 +27,8 @@ class ParallelLayout(StrictModel):
         model_ranks = self.tp * self.pp * self.cp
         if self.world_size % model_ranks:
             raise ValueError(
-                f"world_size: tp*pp*cp = {self.tp}*{self.pp}*{self.cp} = {model_ranks} does not divide world_size={self.world_size}"
+                f"world_size: tp*pp*cp = {self.tp}*{self.pp}*{self.cp} = {model_ranks} "
+                f"does not divide world_size={self.world_size}"
             )
         per_stage = self.world_size // self.pp
         expert_ranks = self.ep * self.expert_tp

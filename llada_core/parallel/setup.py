@@ -21,7 +21,8 @@ def init_parallel(layout: ParallelLayout, seed: int = 1234) -> None:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     if dist.get_world_size() != layout.world_size:
-        raise ValueError(f"layout.world_size={layout.world_size} but the process group has {dist.get_world_size()} ranks")
+        raise ValueError(f"layout.world_size={layout.world_size} but the process group has "
+                         f"{dist.get_world_size()} ranks")
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
     parallel_state.initialize_model_parallel(
@@ -38,5 +39,6 @@ def init_single_process(seed: int = 1234) -> None:
     if not dist.is_initialized():
         # an in-process store: no port, and nothing (MASTER_PORT) left in os.environ for child
         # processes to inherit - a Ray cluster started later would hand it to every worker
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", store=dist.HashStore(), rank=0, world_size=1)
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", store=dist.HashStore(), rank=0,
+                                world_size=1)
     init_parallel(ParallelLayout(world_size=1), seed)

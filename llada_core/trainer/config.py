@@ -65,7 +65,8 @@ class TrainingConfig(TrainingSettings):
             raise ValueError(f"layout: pipeline parallelism (pp={self.layout.pp}) is not implemented for "
                              f"{objective.kind.upper()} (more than one model forward per micro-batch)")
         if objective.needs_reference and not self.reference_checkpoint:
-            raise ValueError(f"reference_checkpoint: {objective.kind.upper()} needs the frozen reference model's checkpoint")
+            raise ValueError(f"reference_checkpoint: {objective.kind.upper()} needs the frozen reference "
+                             "model's checkpoint")
         return self
 
 

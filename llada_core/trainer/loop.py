@@ -70,7 +70,8 @@ class Trainer:
         if self.objective.needs_reference:  # DPO: usually the same checkpoint as init, read once
             self.reference = LladaModel(model_cfg, cfg.layout, dtype=dtype).eval().requires_grad_(False)
             same = cfg.reference_checkpoint == cfg.init_checkpoint
-            _load_sharded(self.reference, cfg.reference_checkpoint, init if same else load_checkpoint(cfg.reference_checkpoint))
+            _load_sharded(self.reference, cfg.reference_checkpoint,
+                          init if same else load_checkpoint(cfg.reference_checkpoint))
         self.ddp, self.opt = optim.build_ddp_and_optimizer(self.model, cfg.optim, bf16=dtype == torch.bfloat16)
         self.dp_rank = ps.get_data_parallel_rank()
         self.plan = BatchPlan(cfg.micro_batch, cfg.grad_accum, ps.get_data_parallel_world_size())

@@ -100,7 +100,8 @@ def optimizer_sharded_state(opt, model_sharded: dict, is_loading: bool) -> dict:
     from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
     from megatron.core.dist_checkpointing.optimizer import make_sharded_optimizer_tensor
 
-    by_param = {id(t.data): t for t in nested_values(model_sharded) if isinstance(t, ShardedTensor | ShardedTensorFactory)}
+    by_param = {id(t.data): t for t in nested_values(model_sharded)
+                if isinstance(t, ShardedTensor | ShardedTensorFactory)}
     out, steps = {}, set()
     for o in opt.chained_optimizers:
         if is_loading:

@@ -135,17 +135,19 @@ def run_training(cfg: TrainingConfig, storage_path: str, max_failures: int = 0, 
     ensure_ray()
     done = threading.Event()
     queue = Queue() if on_metrics or progress else None  # rank 0 sends per-step metrics only when read here
-    consumer = threading.Thread(target=_consume, args=(queue, done, cfg.steps, cfg.name, on_metrics, progress), daemon=True)
+    consumer = threading.Thread(target=_consume, args=(queue, done, cfg.steps, cfg.name, on_metrics, progress),
+                                daemon=True)
     if queue is not None:
         consumer.start()
     trainer = TorchTrainer(
         _worker_loop,
-        train_loop_config={"training": canonical_json(cfg), "on_step": on_step, "export": export, "candidates": candidates,
-                           "metrics": queue},
+        train_loop_config={"training": canonical_json(cfg), "on_step": on_step, "export": export,
+                           "candidates": candidates, "metrics": queue},
         scaling_config=ScalingConfig(num_workers=cfg.layout.world_size, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cpus_per_worker}),
         run_config=RunConfig(
-            name=cfg.name, storage_path=storage.resolve(storage_path)[1] if storage.is_s3(storage_path) else storage_path,
+            name=cfg.name,
+            storage_path=storage.resolve(storage_path)[1] if storage.is_s3(storage_path) else storage_path,
             # S3 through the project's filesystem: same endpoint / credential handling as the data stage
             storage_filesystem=storage.s3_filesystem() if storage.is_s3(storage_path) else None,
             failure_config=FailureConfig(max_failures=max_failures),
