@@ -12,10 +12,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from pydantic import Field
 from torch import Tensor
 
 from llada_core.config import StrictModel
 from llada_core.objectives.common import LossOutput
+
+
+class BlockConfig(StrictModel):
+    """The knob every block-diffusion objective has."""
+
+    block_size: int = Field(32, ge=1)  # L_B (CPT: when no WSD schedule drives it)
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,7 @@ from pydantic import Field
 from torch import Tensor
 
 from llada_core import masks
-from llada_core.config import StrictModel
-from llada_core.objectives.base import Objective, StepContext
+from llada_core.objectives.base import BlockConfig, Objective, StepContext
 from llada_core.objectives.common import (
     LossOutput,
     Noise,
@@ -35,9 +34,8 @@ from llada_core.objectives.common import (
 )
 
 
-class CPTConfig(StrictModel):
+class CPTConfig(BlockConfig):
     kind: Literal["cpt"] = "cpt"
-    block_size: int = Field(32, ge=1)  # when no WSD schedule drives it
     mask_noise_std: float = Field(0.0, ge=0)  # early-CPT noise on [MASK] embeddings (R§4)
     mask_noise_steps: int = Field(0, ge=0)
 

@@ -19,8 +19,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from llada_core.config import StrictModel
-from llada_core.objectives.base import Objective, StepContext
+from llada_core.objectives.base import BlockConfig, Objective, StepContext
 from llada_core.objectives.block_diffusion import denoise_logits, weighted_masked_nll
 from llada_core.objectives.common import (
     LossOutput,
@@ -33,9 +32,8 @@ from llada_core.objectives.common import (
 from llada_core.objectives.sft import SFTBatch, example_batch
 
 
-class DPOConfig(StrictModel):
+class DPOConfig(BlockConfig):
     kind: Literal["dpo"] = "dpo"
-    block_size: int = Field(32, ge=1)
     beta: float = Field(0.1, gt=0)
 
 

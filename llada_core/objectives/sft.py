@@ -19,8 +19,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor
 
-from llada_core.config import StrictModel
-from llada_core.objectives.base import Objective, StepContext
+from llada_core.objectives.base import BlockConfig, Objective, StepContext
 from llada_core.objectives.block_diffusion import denoise_inputs, weighted_masked_nll
 from llada_core.objectives.common import (
     LossOutput,
@@ -32,9 +31,8 @@ from llada_core.objectives.common import (
 )
 
 
-class SFTConfig(StrictModel):
+class SFTConfig(BlockConfig):
     kind: Literal["sft"] = "sft"
-    block_size: int = Field(32, ge=1)
     alpha_min: float = Field(0.3, gt=0, le=1)  # mask-ratio bandwidth
     alpha_max: float = Field(0.8, gt=0, le=1)
     complementary_masking: bool = True
