@@ -5,8 +5,9 @@
   CKPT/tokenizer/                 the tokenizer the vocabulary rows belong to
   CKPT/meta.json                  provenance: source, digests, added tokens, code version
 
-Never pickled (safetensors + JSON). Written into a temp dir and renamed: a crash never leaves a
-checkpoint that looks complete. Loading checks every tensor's name and shape against the config.
+Never pickled (safetensors + JSON). Built in a node-local temp dir and published through
+llada_core.storage (a rename locally, an upload with its commit marker last on S3): a crash never
+leaves a checkpoint that looks complete. Loading checks every tensor's name and shape against the config.
 """
 
 from __future__ import annotations
@@ -41,11 +42,11 @@ def check_shapes(expected: dict[str, tuple[int, ...]], name: str, tensor: Tensor
 
 def save_checkpoint(out: str | Path, cfg: ModelConfig, tensors: Iterable[tuple[str, Tensor]], tok: LladaTokenizer,
                     meta: dict) -> Path:
-    out = Path(out)
-    if (out / "meta.json").exists():
+    out = str(out)
+    if _is_complete(out):
         raise CheckpointError(f"{out} already holds a checkpoint; remove it first")
     expected = expected_shapes(cfg)
-    with storage.atomic_local_dir(out, replace=True) as tmp:  # replaces only an incomplete directory
+    with storage.output_dir(out, replace=True) as tmp:  # replaces only an incomplete directory
         (tmp / "weights").mkdir()
         index, shard, size, seen = {}, {}, 0, set()
 
@@ -75,18 +76,25 @@ def save_checkpoint(out: str | Path, cfg: ModelConfig, tensors: Iterable[tuple[s
     return out
 
 
+def _is_complete(uri: str) -> bool:
+    fs, path = storage.resolve(uri)
+    return storage.exists(fs, f"{path}/{storage.COMMIT if storage.is_s3(uri) else 'meta.json'}")
+
+
 def read_checkpoint_header(path: str | Path) -> tuple[ModelConfig, dict]:
-    """A checkpoint's model config and meta (incl. its tokenizer digest), without reading tensors."""
-    path = Path(path)
-    if not (path / "meta.json").is_file():
-        raise CheckpointError(f"{path} is not a complete checkpoint (no meta.json)")
-    cfg = ModelConfig.model_validate_json((path / "model_config.json").read_text())
-    return cfg, json.loads((path / "meta.json").read_text())
+    """A checkpoint's model config and meta (incl. its tokenizer digest), without reading tensors
+    (on S3 without downloading them)."""
+    uri = str(path)
+    if not _is_complete(uri):
+        raise CheckpointError(f"{uri} is not a complete checkpoint (no meta.json)")
+    fs, base = storage.resolve(uri)
+    cfg = ModelConfig.model_validate_json(storage.read_bytes(fs, f"{base}/model_config.json"))
+    return cfg, json.loads(storage.read_bytes(fs, f"{base}/meta.json"))
 
 
 def load_checkpoint(path: str | Path) -> tuple[ModelConfig, dict[str, Tensor], LladaTokenizer, dict]:
-    path = Path(path)
     cfg, meta = read_checkpoint_header(path)
+    path = storage.local_copy(path, committed=True)
     index = json.loads((path / "weights" / "index.json").read_text())
     state: dict[str, Tensor] = {}
     for file in sorted(set(index.values())):

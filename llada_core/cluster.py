@@ -1,4 +1,8 @@
-"""Connecting to Ray: an existing cluster (RAY_ADDRESS / address=) or a local one."""
+"""Connecting to Ray: an existing cluster (RAY_ADDRESS / address=) or a local one.
+
+A run that needs a cluster (`require_cluster`: GPU training, or a recipe's `ray: cluster`) never
+falls back to starting a one-node local Ray: without a cluster it fails with one message.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +11,31 @@ import os
 import ray
 
 
-def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+class ClusterError(RuntimeError):
+    pass
+
+
+def ensure_ray(address: str | None = None, num_cpus: int | None = None, require_cluster: bool = False) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no token file under $HOME for local runs
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     kwargs: dict = {"include_dashboard": False, "logging_level": "WARNING", "log_to_driver": False}
-    if address:
-        ray.init(address=address, **kwargs)
+    if address or require_cluster:
+        try:
+            ray.init(address=address or "auto", **kwargs)
+        except ConnectionError as exc:
+            raise ClusterError(f"no Ray cluster found at {address or 'RAY_ADDRESS (unset) or on this machine'}: "
+                               f"this run needs one (GPU training or `ray: cluster`); start it or set RAY_ADDRESS "
+                               f"({exc})") from None
     else:
         local_ray_train_settings()
         ray.init(num_cpus=num_cpus, **kwargs)
+
+
+def alive_nodes() -> int:
+    return sum(1 for n in ray.nodes() if n.get("Alive"))
 
 
 def local_ray_train_settings() -> None:

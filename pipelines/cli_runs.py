@@ -131,7 +131,7 @@ def _cmd_status(args) -> int:
 def _cmd_ls(args) -> int:
     store = _store(args)
     for run_id in store.runs():
-        doc = store.read(("runs", run_id, "run.json")) or {}
+        doc = store.run(run_id) if store.run_exists(run_id) else {}
         print(f"{run_id:<48}{doc.get('recipe', '?'):<16}{doc.get('created', '')}")
     return 0
 
@@ -149,7 +149,7 @@ def _cmd_lineage(args) -> int:
     from pipelines.lineage import find_artifact, format_lineage, lineage
 
     store = _store(args)
-    if store.read(("runs", args.target, "run.json")):
+    if store.run_exists(args.target):
         doc = lineage(store, args.target)
     else:
         run_id, node = find_artifact(store, args.target)
@@ -159,8 +159,9 @@ def _cmd_lineage(args) -> int:
 
 
 def handles(exc: BaseException) -> bool:
+    from llada_core.cluster import ClusterError
     from pipelines.dag import DagError
     from pipelines.run_store import LockedError
 
-    return isinstance(exc, DagError | LockedError | KeyError)
+    return isinstance(exc, DagError | LockedError | KeyError | ClusterError)
 

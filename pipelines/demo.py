@@ -8,9 +8,7 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
-from llada_core import storage
 from pipelines import runs
 from pipelines.report import write_report
 from pipelines.run_store import RunStore
@@ -21,8 +19,7 @@ def run_demo(recipe: str = "tiny-cpu", overrides: list[str] = (), say=print) -> 
     run_id, store_root, records = runs.start(recipe, list(overrides), say=say)
     store = RunStore(store_root)
     doc = store.run(run_id)
-    root = doc["artifact_root"]
-    out = Path(root) / run_id / "report" if not storage.is_s3(root) else Path("work/reports") / run_id
+    out = store.node_output(run_id, "report")
     report = write_report(store, run_id, out) if "eval" in records and records["eval"]["state"] != "FAILED" else None
     return {"run_id": run_id, "store": store_root, "records": records, "report": report,
             "seconds": time.perf_counter() - t0, "tracking_uri": doc["tracking_uri"], "experiment": doc["experiment"]}

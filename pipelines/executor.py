@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import ray
 
 from llada_core import storage
-from llada_core.cluster import ensure_ray
+from llada_core.cluster import ClusterError, alive_nodes, ensure_ray
 from llada_core.version import code_version
 from pipelines import dag
 from pipelines.run_store import DONE, RunStore, artifact_digest, now, outputs_intact
@@ -82,6 +82,13 @@ def _execute_node(stage_path: str, config: dict, ctx: NodeContext) -> dict:
         if digest is None:
             raise RuntimeError(f"stage {stage_path}: output {name!r} at {uri} does not exist or is empty")
         described[name] = {"uri": uri, "digest": digest}
+    for name, out in described.items():  # small outputs go to MLflow too, logged here, where they are
+        if storage.size_of(out["uri"]) <= MLFLOW_COPY_MAX_BYTES:
+            local = storage.local_copy(out["uri"])
+            if local.is_dir():
+                ctx._tracker().log_artifacts(ctx.mlflow_run, str(local), f"outputs/{name}")
+            else:
+                ctx._tracker().log_artifact(ctx.mlflow_run, str(local), f"outputs/{name}")
     return {"outputs": described, "info": ctx.info}
 
 
@@ -93,17 +100,16 @@ class Options:
 
 
 class Executor:
-    def __init__(self, store: RunStore, run_id: str, tracker: Tracker, artifact_root: str,
-                 say: Callable[[str], None] = print):
+    def __init__(self, store: RunStore, run_id: str, tracker: Tracker, say: Callable[[str], None] = print):
         self.store, self.run_id, self.tracker, self.say = store, run_id, tracker, say
-        self.artifact_root = artifact_root
         self.run_doc = store.run(run_id)
         self.nodes = dag.validate(dag.from_json(self.run_doc["nodes"]))
         self.by_name = {n.name: n for n in self.nodes}
 
     def execute(self, opts: Options) -> dict[str, dict]:
         with self.store.lock(self.run_id):
-            ensure_ray()
+            ensure_ray(require_cluster=self.run_doc.get("ray") == "cluster")
+            _check_tracking_reachable(self.tracker.tracking_uri)
             parent = self.tracker.parent_run(self.run_id, {"llada.recipe": self.run_doc["recipe"], **_code_tags()})
             self.run_doc |= {"mlflow_parent_run": parent, "ray_job_id": ray.get_runtime_context().get_job_id()}
             self.store.write_run(self.run_id, self.run_doc)
@@ -167,7 +173,7 @@ class Executor:
             return None
         # recomputed outputs are new artifacts: whatever was built on the old ones is recomputed too
         opts.force |= dag.descendants(self.nodes, {node.name}) - {node.name}
-        out_dir = "/".join([self.artifact_root.rstrip("/"), self.run_id, node.name])
+        out_dir = self.store.node_output(self.run_id, node.name)
         resolved = dag.substitute(node.config, lambda ref: out_dir if ref == dag.OUT else uris.get(ref))
         self.tracker.log_params(mlflow_run, flatten(node.config))
         if rec.get("attempts", 0) == 0:
@@ -180,7 +186,7 @@ class Executor:
         self.store.write_node(self.run_id, _public(rec))
         self.tracker.set_tags(mlflow_run, {"llada.state": "RUNNING", "llada.attempts": str(attempts)})
         self.say(f"[{node.name}] running (attempt {attempts})")
-        ctx = NodeContext(self.run_id, node.name, key, out_dir, self.store.uri("runs", self.run_id, "train"),
+        ctx = NodeContext(self.run_id, node.name, key, out_dir, self.store.train_storage(self.run_id),
                           self.tracker.tracking_uri, mlflow_run)
         task = ray.remote(_execute_node).options(num_cpus=stage.num_cpus, max_retries=0, name=f"llada:{node.name}")
         rec["_t0"] = time.time()
@@ -200,12 +206,6 @@ class Executor:
             self.tracker.end(rec["mlflow_run_id"], "FAILED")
             self.say(f"[{node.name}] FAILED after {seconds}s: {rec['error'].splitlines()[0][:300]}")
             return
-        for name, out in result["outputs"].items():  # small local outputs are copied into MLflow too
-            if not storage.is_s3(out["uri"]) and _size(out["uri"]) <= MLFLOW_COPY_MAX_BYTES:
-                if os.path.isdir(out["uri"]):
-                    self.tracker.log_artifacts(rec["mlflow_run_id"], out["uri"], f"outputs/{name}")
-                else:
-                    self.tracker.client.log_artifact(rec["mlflow_run_id"], out["uri"], f"outputs/{name}")
         out_tags = {f"llada.output.{k}": v["uri"] for k, v in result["outputs"].items()}
         out_tags |= {f"llada.output.{k}.digest": v["digest"] for k, v in result["outputs"].items()}
         self.tracker.set_tags(rec["mlflow_run_id"],
@@ -221,10 +221,12 @@ class Executor:
         self.say(f"[{node.name}] succeeded in {seconds}s")
 
 
-def _size(path: str) -> int:
-    if os.path.isfile(path):
-        return os.path.getsize(path)
-    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+def _check_tracking_reachable(tracking_uri: str) -> None:
+    """Every node logs to MLflow itself: a file-backed tracking URI on several nodes would be a
+    different file on each node's disk."""
+    if alive_nodes() > 1 and (tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri):
+        raise ClusterError(f"tracking_uri {tracking_uri!r} is a local file, but the Ray cluster has {alive_nodes()} "
+                           "nodes: run an MLflow server (infra/mlflow) and set tracking_uri / MLFLOW_TRACKING_URI")
 
 
 def _public(rec: dict) -> dict:

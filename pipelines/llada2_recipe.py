@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import math
 
+from llada_core import storage
+from llada_core.data.sources import STDLIB
 from llada_core.trainer.config import LaunchConfig, TrainingConfig, TrainingSettings
 from pipelines.dag import Node
 from pipelines.recipe_config import RecipeConfig
@@ -59,20 +61,25 @@ def _stage(cfg: RecipeConfig, name: str, section: TrainingSettings, **wiring) ->
                           **wiring)
 
 
+def _where(path: str | None) -> str | None:
+    """A user's input path, absolute (resolved here, on the driver, not by each worker)."""
+    return path if path in (None, STDLIB) else storage.absolute(path)
+
+
 def build_nodes(cfg: RecipeConfig) -> list[Node]:
     nodes: list[Node] = []
     ins = cfg.instruct
     if not (ins.sft_input and ins.dpo_input):
         nodes.append(Node("make_tasks", S + "make_tasks", {"out": "${out}", "seed": cfg.seed, **_dump(ins.tasks)}))
-    hf = cfg.base.hf_checkpoint
-    tokenizer = _dump(cfg.data.tokenizer)
+    hf = _where(cfg.base.hf_checkpoint)
+    tokenizer = _dump(cfg.data.tokenizer) | {"path": _where(cfg.data.tokenizer.path)}
     if hf:  # the imported model's own tokenizer
         tokenizer = {"path": hf, "add_mask_token": cfg.data.tokenizer.add_mask_token}
     nodes.append(Node("prepare_pretrain", S + "prepare_pretrain", {
-        "input": cfg.data.input, "out": "${out}", "seq_len": cfg.seq_len, "seed": cfg.seed,
+        "input": _where(cfg.data.input), "out": "${out}", "seq_len": cfg.seq_len, "seed": cfg.seed,
         "num_workers": cfg.num_workers, **_settings(cfg.data, PretrainDataSettings), "tokenizer": tokenizer}))
     pretrain, tok = "${prepare_pretrain.dataset}", "${prepare_pretrain.dataset}/tokenizer"
-    for kind, user in (("sft", ins.sft_input), ("dpo", ins.dpo_input)):
+    for kind, user in (("sft", _where(ins.sft_input)), ("dpo", _where(ins.dpo_input))):
         nodes.append(Node(f"prepare_{kind}", S + "prepare_instruct_data", {
             "kind": kind, "input": user or f"${{make_tasks.tasks}}/{kind}_train.jsonl", "out": "${out}",
             "tokenizer": tok, "seed": cfg.seed, "num_workers": cfg.num_workers,

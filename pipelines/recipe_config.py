@@ -8,6 +8,7 @@ their one default); the recipe builder (llada2_recipe) adds the wiring: paths, n
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -79,6 +80,7 @@ class RecipeConfig(StrictModel):
     artifact_root: str | None = None  # node outputs; default WORKDIR/artifacts
     tracking_uri: str | None = None  # MLflow; default $MLFLOW_TRACKING_URI or sqlite in WORKDIR
     experiment: str | None = None
+    ray: Literal["auto", "cluster"] = "auto"  # cluster: never start a local Ray (implied by training.use_gpu)
     seed: int = 0
     seq_len: int = Field(ge=2)
     num_workers: int = Field(2, ge=1)  # Ray Data tokenizer actors
@@ -94,6 +96,10 @@ class RecipeConfig(StrictModel):
     cap: CAPStage = CAPStage(steps=50)
     dpo: DPOStage = DPOStage(steps=50)
     eval: EvalSettings = EvalSettings()
+
+    @property
+    def needs_cluster(self) -> bool:
+        return self.ray == "cluster" or self.training.use_gpu
 
     @model_validator(mode="before")
     @classmethod

@@ -13,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 
+from llada_core import storage  # noqa: E402
 from pipelines import dag  # noqa: E402
 from pipelines.run_store import RunStore  # noqa: E402
 
@@ -40,7 +41,7 @@ def collect(store: RunStore, run_id: str) -> dict:
         nodes[node.name] = {"state": rec["state"], "seconds": computed.get("seconds"), "loop_seconds": loop_s,
                             "history": hist, "cached": bool(rec.get("cached_from")), "outputs": rec.get("outputs", {})}
     eval_out = nodes.get("eval", {}).get("outputs", {}).get("results")
-    results = json.loads(Path(eval_out["uri"]).read_text()) if eval_out else {}
+    results = json.loads(storage.read_bytes(*storage.resolve(eval_out["uri"]))) if eval_out else {}
     return {"run_id": run_id, "recipe": run["recipe"], "nodes": nodes, "eval": results}
 
 
@@ -123,12 +124,20 @@ def _plot_post(data: dict, path: Path) -> None:
 
 
 def write_report(store: RunStore, run_id: str, out_dir: str | Path) -> dict:
+    """The report into `out_dir` (local or s3://), also logged to the run's MLflow parent."""
     data = collect(store, run_id)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    found = claims(data["eval"])
+    with storage.output_dir(str(out_dir)) as out:
+        _write_files(run_id, data, found, out)
+        run = store.run(run_id)
+        if run.get("mlflow_parent_run"):
+            MlflowClient(run["tracking_uri"]).log_artifacts(run["mlflow_parent_run"], str(out), "report")
+    return {"claims": found, "report": storage.join(str(out_dir), "report.md"), "data": data}
+
+
+def _write_files(run_id: str, data: dict, found: list[dict], out: Path) -> None:
     _plot_cpt(data, out / "cpt_loss.png")
     _plot_post(data, out / "post_training.png")
-    found = claims(data["eval"])
     lines = [f"# Run {run_id} (recipe {data['recipe']})", "", "## What the recipe showed", "",
              "| claim | numbers | shown |", "|---|---|---|"]
     lines += [f"| {c['claim']} | {c['numbers']} | {'yes' if c['shown'] else '**no**'} |" for c in found]
@@ -155,7 +164,3 @@ def write_report(store: RunStore, run_id: str, out_dir: str | Path) -> dict:
     (out / "report.json").write_text(json.dumps({"claims": found, "eval": data["eval"],
                                                  "nodes": {k: {kk: vv for kk, vv in v.items() if kk != "history"}
                                                            for k, v in data["nodes"].items()}}, indent=2, default=str))
-    run = store.run(run_id)
-    if run.get("mlflow_parent_run"):
-        MlflowClient(run["tracking_uri"]).log_artifacts(run["mlflow_parent_run"], str(out), "report")
-    return {"claims": found, "report": str(out / "report.md"), "data": data}

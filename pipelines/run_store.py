@@ -5,6 +5,9 @@
   ROOT/runs/RUN_ID/lock.json         held by the driver running the run (create-if-absent)
   ROOT/runs/RUN_ID/train/...         Ray Train checkpoints of the run's training nodes
   ROOT/cache/KEY.json                a SUCCEEDED node's outputs + digests, found by cache key
+  ARTIFACT_ROOT/RUN_ID/NODE/         a node's outputs (ARTIFACT_ROOT: the run's, local or s3://)
+
+These paths are spelled here and nowhere else (RunStore.node_output / train_storage / run_exists).
 
 Every write is atomic (temp + rename locally; one PUT on S3). A cache entry is used only after its
 outputs are found again with the recorded digests: a deleted or corrupted artifact is a miss.
@@ -66,6 +69,17 @@ class RunStore:
 
     def uri(self, *parts: str) -> str:
         return storage.join(self.root, *parts)
+
+    # -- where a run's things live --------------------------------------------------------------
+    def train_storage(self, run_id: str) -> str:
+        """Ray Train's storage_path for the run's training nodes."""
+        return self.uri("runs", run_id, "train")
+
+    def node_output(self, run_id: str, node: str) -> str:
+        return storage.join(self.run(run_id)["artifact_root"], run_id, node)
+
+    def run_exists(self, run_id: str) -> bool:
+        return self.read(("runs", run_id, "run.json")) is not None
 
     def _path(self, *parts: str) -> str:
         return "/".join([self.base, *parts])

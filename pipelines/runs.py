@@ -9,10 +9,11 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
+from llada_core import storage
 from llada_core.config import StrictModel, canonical_json, load_config
 from llada_core.version import code_version
 from pipelines import dag
@@ -39,16 +40,23 @@ class GraphRecipe(StrictModel):
     artifact_root: str | None = None
     tracking_uri: str | None = None
     experiment: str | None = None
+    ray: Literal["auto", "cluster"] = "auto"  # cluster: never start a local Ray for this run
     nodes: list[NodeSpec]
+
+    @property
+    def needs_cluster(self) -> bool:
+        return self.ray == "cluster"
 
 
 def settings(cfg) -> dict:
-    """Where a recipe's run store, artifacts and MLflow live (defaults inside its workdir)."""
-    work = cfg.workdir
+    """Where a recipe's run store, artifacts and MLflow live (defaults inside its workdir), as absolute
+    paths or URIs: resolved here, on the driver, never by a worker against its own cwd."""
+    work = storage.absolute(cfg.workdir)
     tracking = cfg.tracking_uri or default_tracking_uri(work)
     local_mlflow = tracking.startswith(("sqlite:", "file:")) or "://" not in tracking
-    return {"store": cfg.store or str(Path(work) / "store"),
-            "artifact_root": cfg.artifact_root or str(Path(work).resolve() / "artifacts"),
+    return {"store": storage.absolute(cfg.store or storage.join(work, "store")),
+            "artifact_root": storage.absolute(cfg.artifact_root or storage.join(work, "artifacts")),
+            "ray": "cluster" if cfg.needs_cluster else "auto",
             "tracking_uri": tracking, "experiment": cfg.experiment or f"llada-{cfg.name}",
             # a database-backed MLflow would put artifacts in ./mlruns of whatever directory runs it
             "mlflow_artifact_location": str(Path(work).resolve() / "mlartifacts") if local_mlflow else None}
@@ -73,7 +81,7 @@ def load(recipe: str, overrides: list[str] = ()) -> tuple[Any, list[dag.Node]]:
 def _executor(store: RunStore, run_id: str, say) -> Executor:
     doc = store.run(run_id)
     tracker = Tracker(doc["tracking_uri"], doc["experiment"], doc.get("mlflow_artifact_location"))
-    return Executor(store, run_id, tracker, doc["artifact_root"], say=say)
+    return Executor(store, run_id, tracker, say=say)
 
 
 def start(recipe: str, overrides: list[str] = (), run_id: str | None = None, no_cache: bool = False,
@@ -84,7 +92,7 @@ def start(recipe: str, overrides: list[str] = (), run_id: str | None = None, no_
         raise dag.DagError(f"--from-stage {from_stage!r}: no such node (nodes: {[n.name for n in nodes]})")
     store = RunStore(where["store"])
     run_id = run_id or new_run_id(cfg.name)
-    existing = store.read(("runs", run_id, "run.json"))
+    existing = store.run(run_id) if store.run_exists(run_id) else None
     if existing and existing["nodes"] != dag.to_json(nodes):
         raise dag.DagError(f"run {run_id} exists with a different recipe; "
                            f"use a new --run-id or `llada resume {run_id}`")

@@ -5,8 +5,6 @@ Stages are re-runnable: a node re-run after an interruption replaces its partial
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 from pydantic import Field
 
@@ -32,7 +30,8 @@ class MakeTasksConfig(TaskSetSettings):
 def _make_tasks(cfg: MakeTasksConfig, ctx) -> dict:
     from llada_core.data.synthetic import write_task_files
 
-    write_task_files(cfg.out, cfg.n, cfg.seed, cfg.eval_fraction)
+    with storage.output_dir(cfg.out) as local:
+        write_task_files(local, cfg.n, cfg.seed, cfg.eval_fraction)
     return {"tasks": cfg.out}
 
 
@@ -92,12 +91,13 @@ def _merge(cfg: MergeConfig, ctx) -> dict:
     from llada_core.merge import merge_top_k
 
     scores = {}
-    for i, path in enumerate(sorted(str(p) for p in Path(cfg.candidates).glob("step-*"))):
+    candidates = [p for p in storage.list_dirs(cfg.candidates) if p.rsplit("/", 1)[-1].startswith("step-")]
+    for i, path in enumerate(candidates):
         model, _ = load_model(path)
         scores[path] = elbo_perplexity(model, cfg.dataset, "val", cfg.block_size, cfg.max_rows)
         ctx.log_metrics(i + 1, {"candidate_val_ppl": scores[path]})
     out = storage.join(cfg.out, "checkpoint")
-    shutil.rmtree(out, ignore_errors=True)
+    storage.delete(out)
     meta = merge_top_k(scores, out, k=cfg.k)
     ctx.info |= {"merged_from": meta["merged_from"]}
     return {"checkpoint": out}
@@ -128,7 +128,7 @@ def _eval(cfg: EvalConfig, ctx) -> dict:
     from llada_core.evaluate import elbo_perplexity, load_model, preference_accuracy, task_accuracy
 
     results: dict[str, dict] = {}
-    tasks = str(Path(cfg.tasks) / "sft_eval.jsonl")
+    tasks = str(storage.local_copy(storage.join(cfg.tasks, "sft_eval.jsonl")))
     for i, (label, path) in enumerate(cfg.models.items()):
         model, tok = load_model(path)
         r = {"elbo_ppl": elbo_perplexity(model, cfg.pretrain, "val", cfg.block_size, cfg.max_rows)}
@@ -146,10 +146,9 @@ def _eval(cfg: EvalConfig, ctx) -> dict:
         if "preference_accuracy" in r:
             flat[f"{label}.preference_accuracy"] = r["preference_accuracy"]
         ctx.log_metrics(i + 1, flat)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    storage.write_bytes(*storage.resolve(str(out / "eval.json")), json.dumps(results, indent=2).encode())
-    return {"results": str(out / "eval.json")}
+    out = storage.join(cfg.out, "eval.json")
+    storage.write_bytes(*storage.resolve(out), json.dumps(results, indent=2).encode())
+    return {"results": out}
 
 
 class ExportConfig(StrictModel):
@@ -161,7 +160,7 @@ def _export_hf(cfg: ExportConfig, ctx) -> dict:
     from stages.model_hf import export_hf
 
     hf = storage.join(cfg.out, "hf")
-    shutil.rmtree(hf, ignore_errors=True)
+    storage.delete(hf)
     export_hf(cfg.checkpoint, hf)
     return {"hf": hf}
 
@@ -176,7 +175,7 @@ def _import_hf(cfg: ImportConfig, ctx) -> dict:
     from stages.model_hf import import_hf
 
     out = storage.join(cfg.out, "checkpoint")
-    shutil.rmtree(out, ignore_errors=True)
+    storage.delete(out)
     import_hf(cfg.hf_dir, out, add_mask_token=cfg.add_mask_token)
     return {"checkpoint": out}
 

@@ -36,7 +36,11 @@ def _safetensors_files(hf_dir: Path) -> list[Path]:
 
 
 def import_hf(hf_dir: str | Path, out: str | Path, add_mask_token: str | None = None) -> dict:
-    hf_dir = Path(hf_dir)
+    source = str(hf_dir) if storage.is_s3(str(hf_dir)) else str(Path(hf_dir).resolve())
+    try:
+        hf_dir = storage.local_copy(hf_dir)  # an s3:// checkpoint is fetched into the node-local cache
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"no HF checkpoint at {source}: {exc}") from None
     try:
         hf_cfg = json.loads((hf_dir / "config.json").read_text())
     except FileNotFoundError:
@@ -61,7 +65,7 @@ def import_hf(hf_dir: str | Path, out: str | Path, add_mask_token: str | None = 
             yield name, tensor.float()
 
     meta = {
-        "source": str(hf_dir.resolve()), "source_model_type": hf_cfg["model_type"],
+        "source": source, "source_model_type": hf_cfg["model_type"],
         "source_files": {f.name: storage.sha256_of(*storage.resolve(str(f))) for f in files},
         "added_special_tokens": tok.added_roles, "vocab_rows_added": grown - cfg.vocab_size,
         "code_version": code_version(),
@@ -71,13 +75,13 @@ def import_hf(hf_dir: str | Path, out: str | Path, add_mask_token: str | None = 
 
 
 def export_hf(ckpt: str | Path, out: str | Path) -> dict:
-    out = Path(out)
-    if out.exists():
+    out = str(out)
+    if storage.artifact_exists(out):
         raise CheckpointError(f"{out} exists; refusing to overwrite")
     cfg, state, tok, meta = load_checkpoint(ckpt)
     hf_cfg = to_hf_config(cfg) | {"bos_token_id": tok.id_of("bos"), "eos_token_id": tok.id_of("eos"),
                                   "pad_token_id": tok.id_of("pad"), "mask_token_id": tok.id_of("mask")}
-    with storage.atomic_local_dir(out) as tmp:
+    with storage.output_dir(out, replace=False) as tmp:
         save_file(megatron_to_hf(state, cfg, hf_cfg["model_type"]), str(tmp / "model.safetensors"),
                   metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2, sort_keys=True))

@@ -11,12 +11,11 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
-from test_s3 import free_port
+from services import mlflow_server, s3_server
 
 from pipelines.run_store import LockedError, RunStore
 
@@ -65,36 +64,11 @@ def backend(request, tmp_path):
     if request.param == "local":
         yield {"store": str(tmp_path / "store"), "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "env": {}}
         return
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    moto.start()
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing-secret", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "MLFLOW_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
-    boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id="testing",
-                 aws_secret_access_key="testing-secret", region_name="us-east-1").create_bucket(Bucket="llada")
-    mlflow_port = free_port()
-    server = subprocess.Popen(
-        [os.path.join(os.path.dirname(sys.executable), "mlflow"), "server", "--host", "127.0.0.1",
-         "--port", str(mlflow_port), "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", "s3://llada/mlartifacts", "--workers", "1"],
-        env=os.environ | env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    uri = f"http://127.0.0.1:{mlflow_port}"
-    for _ in range(120):
-        try:
-            urllib.request.urlopen(uri + "/health", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.5)
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)
-        yield {"store": "s3://llada/store", "tracking_uri": uri, "env": env}
-    os.killpg(server.pid, signal.SIGTERM)
-    server.wait(30)
-    moto.stop()
+    with s3_server() as env, mlflow_server(tmp_path / "server.db", "s3://llada/mlartifacts", env) as uri:
+        with pytest.MonkeyPatch.context() as mp:
+            for k, v in env.items():
+                mp.setenv(k, v)
+            yield {"store": "s3://llada/store", "tracking_uri": uri, "env": env}
 
 
 def test_sigkill_driver_then_resume(backend, corpus, tokenizer_dir, tmp_path):

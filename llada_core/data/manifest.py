@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 from pydantic import BaseModel
 
 from llada_core import storage
-from llada_core.config import canonical_json, config_digest
 from llada_core.data.sources import SourceFile
 from llada_core.data.tokenizer import LladaTokenizer
 from llada_core.version import code_version
@@ -34,16 +35,23 @@ def tokenizer_manifest(tok: LladaTokenizer, trained: bool) -> dict:
     }
 
 
+# Where a dataset is written and how it is run change nothing in it: left out of its manifest, so the
+# same inputs give the same dataset digest wherever (and with however many workers) it is written.
+NOT_CONTENT = {"out", "overwrite", "verbose", "num_workers"}
+
+
 def common_fields(cfg: BaseModel, sources: list[SourceFile], per_source: list[dict], tok: LladaTokenizer,
                   trained: bool) -> dict:
     digests = source_digests(sources)
+    config = json.dumps(cfg.model_dump(mode="json", exclude=NOT_CONTENT), sort_keys=True, separators=(",", ":"),
+                        ensure_ascii=False)
     return {
         "sources": [
             {"uri": s.uri, "bytes": s.size, "sha256": d, **stats}
             for s, d, stats in zip(sources, digests, per_source, strict=True)
         ],
         "tokenizer": tokenizer_manifest(tok, trained),
-        "config": canonical_json(cfg),
-        "config_digest": config_digest(cfg),
+        "config": config,
+        "config_digest": hashlib.sha256(config.encode()).hexdigest(),
         "code_version": code_version(),
     }

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from llada_core import storage
+
 DEFAULT_SPECIAL = {
     "bos": "<|bos|>",
     "eos": "<|eos|>",
@@ -140,8 +142,12 @@ def _roles_from_hf_dir(directory: Path) -> dict[str, str]:
 
 
 def load_tokenizer(path: str | Path, add_mask_token: str | None = None) -> LladaTokenizer:
-    """Load a tokenizer.json or an HF tokenizer directory and make sure every role is present."""
-    path = Path(path)
+    """Load a tokenizer.json or an HF tokenizer directory (local or s3://) and make sure every role is
+    present."""
+    try:
+        path = storage.local_copy(path)
+    except FileNotFoundError as exc:
+        raise TokenizerError(f"no tokenizer at {path}: {exc}") from None
     directory = path if path.is_dir() else path.parent
     file = path / "tokenizer.json" if path.is_dir() else path
     if not file.is_file():

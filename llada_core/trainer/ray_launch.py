@@ -66,7 +66,9 @@ def _worker_loop(config: dict) -> None:
             _export(trainer, os.path.join(config["candidates"], f"step-{trainer.step:07d}"))
         # report() only with checkpoints: each report waits for the controller's next poll
         # (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s), which per step would cap a tiny model at 0.5 steps/s
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(local))
+        # (a synchronous upload into storage_path; the local copy is removed after it, not left per rank)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(local),
+                         delete_local_checkpoint_after_upload=True)
 
     def on_step(trainer: Trainer, metrics: dict) -> None:
         recent.append(metrics)
@@ -80,12 +82,10 @@ def _worker_loop(config: dict) -> None:
 
 def _export(trainer, out: str) -> None:
     """The consolidated checkpoint the next stage starts from; an older copy (a redone step) is replaced."""
-    import shutil
-
     import torch.distributed as dist
 
-    if dist.get_rank() == 0 and os.path.exists(out):
-        shutil.rmtree(out)
+    if dist.get_rank() == 0:
+        storage.delete(out)
     dist.barrier()
     trainer.save_consolidated(out, storage.join(trainer.cfg.data, "tokenizer"))
 
