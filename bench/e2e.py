@@ -15,7 +15,7 @@ def main() -> None:
     ap.add_argument("--store", default="work/store")
     ap.add_argument("--run")
     args = ap.parse_args()
-    from pipelines.report import collect
+    from llada_recipe.report import collect
     from pipelines.run_store import RunStore
 
     store = RunStore(args.store)

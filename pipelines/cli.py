@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _parser_with_examples(csub, "show", "validate a recipe and print its canonical resolved config and digest", [
         "llada config show tiny-cpu", "llada config show my_recipe.yaml parallel.tp=2 parallel.world_size=4",
     ])
-    p.add_argument("recipe", help="recipe name (pipelines/recipes/NAME.yaml) or a YAML path")
+    p.add_argument("recipe", help="recipe name (llada_recipe/recipes/NAME.yaml) or a YAML path")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(handler=_cmd_config_show)
 
@@ -197,7 +197,7 @@ def _cmd_export_hf(args) -> int:
 
 
 def _cmd_config_show(args) -> int:
-    from pipelines.recipe_config import load_recipe
+    from llada_recipe.config import load_recipe
 
     cfg = load_recipe(args.recipe, args.overrides)
     print(json.dumps(json.loads(canonical_json(cfg)), indent=2, sort_keys=True))
@@ -206,7 +206,7 @@ def _cmd_config_show(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from pipelines.demo import format_summary, run_demo
+    from llada_recipe.demo import format_summary, run_demo
 
     overrides = list(args.overrides) + ([f"workdir={args.workdir}"] if args.workdir else [])
     result = run_demo(args.recipe, overrides, say=lambda m: print(m, flush=True))

@@ -13,7 +13,7 @@ def add_commands(top, parser_with_examples) -> None:
     p = parser_with_examples(top, "run", "run a recipe as a durable, cache-aware DAG on Ray", [
         "llada run tiny-cpu", "llada run tiny-cpu sft.steps=50 --from-stage sft", "llada run my-recipe.yaml --no-cache",
     ])
-    p.add_argument("recipe", help="recipe name (pipelines/recipes/NAME.yaml) or a YAML path")
+    p.add_argument("recipe", help="recipe name (llada_recipe/recipes/NAME.yaml) or a YAML path")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides, e.g. sft.steps=100")
     p.add_argument("--run-id", help="name the run (default: RECIPE-DATE-TIME-RANDOM)")
     p.add_argument("--no-cache", action="store_true", help="run every node even if a cached result exists")
@@ -75,10 +75,10 @@ def _finish(store_root: str, run_id: str, records: dict) -> int:
 
 
 def _cmd_run(args) -> int:
-    from pipelines import runs
+    from llada_recipe.build import start
 
-    run_id, store_root, records = runs.start(args.recipe, args.overrides, run_id=args.run_id, no_cache=args.no_cache,
-                                             from_stage=args.from_stage, say=_say)
+    run_id, store_root, records = start(args.recipe, args.overrides, run_id=args.run_id, no_cache=args.no_cache,
+                                        from_stage=args.from_stage, say=_say)
     return _finish(store_root, run_id, records)
 
 
@@ -137,8 +137,8 @@ def _cmd_ls(args) -> int:
 
 
 def _cmd_plan(args) -> int:
-    from pipelines.plan import format_plan, plan
-    from pipelines.recipe_config import load_recipe
+    from llada_recipe.config import load_recipe
+    from llada_recipe.plan import format_plan, plan
 
     p = plan(load_recipe(args.recipe, args.overrides))
     print(json.dumps(p, indent=2) if args.json else format_plan(p))

@@ -1,7 +1,8 @@
 """Pipeline runs: start a recipe, resume a run, and the settings every recipe shares.
 
-A recipe file either lists its `nodes:` explicitly (a plain DAG of stages) or is a LLaDA recipe
-config (pipelines/recipes/*.yaml) whose nodes `pipelines.llada2_recipe.build_nodes` derives.
+The engine itself reads a recipe file that lists its `nodes:` (a plain DAG of stages); a recipe
+package (e.g. llada_recipe) hands `start` a loader that builds the nodes from its own config. Every
+config needs the settings fields of GraphRecipe (workdir, store, artifact_root, tracking, ray).
 """
 
 from __future__ import annotations
@@ -62,20 +63,18 @@ def settings(cfg) -> dict:
             "mlflow_artifact_location": str(Path(work).resolve() / "mlartifacts") if local_mlflow else None}
 
 
-def load(recipe: str, overrides: list[str] = ()) -> tuple[Any, list[dag.Node]]:
-    from pipelines.recipe_config import RecipeConfig, recipe_path
+def load_graph(path: str, overrides: list[str] = ()) -> tuple[GraphRecipe, list[dag.Node]]:
+    """A YAML that lists its `nodes:` (validated: a bad recipe fails here, before anything runs)."""
+    cfg = load_config(GraphRecipe, path, overrides=overrides)
+    return cfg, dag.validate([dag.Node(n.name, n.stage, n.config, list(n.after)) for n in cfg.nodes])
 
-    path = recipe_path(recipe)
+
+def is_graph(path: str | Path) -> bool:
     raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    if isinstance(raw, dict) and "nodes" in raw:
-        cfg = load_config(GraphRecipe, path, overrides=overrides)
-        nodes = [dag.Node(n.name, n.stage, n.config, list(n.after)) for n in cfg.nodes]
-    else:
-        from pipelines.llada2_recipe import build_nodes
+    return isinstance(raw, dict) and "nodes" in raw
 
-        cfg = load_config(RecipeConfig, path, overrides=overrides)
-        nodes = build_nodes(cfg)
-    return cfg, dag.validate(nodes)  # a bad recipe fails here, before anything runs
+
+Loader = Callable[[str, list[str]], tuple[Any, list[dag.Node]]]
 
 
 def _executor(store: RunStore, run_id: str, say) -> Executor:
@@ -85,8 +84,11 @@ def _executor(store: RunStore, run_id: str, say) -> Executor:
 
 
 def start(recipe: str, overrides: list[str] = (), run_id: str | None = None, no_cache: bool = False,
-          from_stage: str | None = None, say: Callable[[str], None] = print) -> tuple[str, str, dict]:
-    cfg, nodes = load(recipe, overrides)
+          from_stage: str | None = None, say: Callable[[str], None] = print,
+          load: Loader = load_graph) -> tuple[str, str, dict]:
+    """Run a recipe: `load(recipe, overrides)` gives its config and nodes (default: a YAML listing its
+    nodes; a recipe package such as llada_recipe passes its own loader)."""
+    cfg, nodes = load(recipe, list(overrides))
     where = settings(cfg)
     if from_stage and from_stage not in {n.name for n in nodes}:
         raise dag.DagError(f"--from-stage {from_stage!r}: no such node (nodes: {[n.name for n in nodes]})")

@@ -4,7 +4,7 @@ import pytest
 
 from llada_core.config import ConfigError, apply_overrides, canonical_json, config_digest, load_config
 from llada_core.parallel.layout import ParallelLayout
-from pipelines.recipe_config import RECIPES_DIR, RecipeConfig, load_recipe
+from llada_recipe.config import RECIPES_DIR, RecipeConfig, load_recipe
 
 
 def write(tmp_path, text):

@@ -6,7 +6,7 @@ from pathlib import Path
 import ray
 import yaml
 
-from pipelines.recipe_config import load_recipe
+from llada_recipe.config import load_recipe
 
 INFRA = Path(__file__).resolve().parent.parent / "infra"
 
@@ -35,7 +35,10 @@ def check_ray_cluster_spec(spec: dict, world_size: int | None = None) -> None:
         for c in containers(template):
             refs = {next(iter(e.values()))["name"] for e in c["envFrom"]}
             assert refs == {"llada-s3", "llada-env"}  # credentials from a Secret, never inline
-            assert "/mnt/llada" in {m["mountPath"] for m in c["volumeMounts"]}
+            volumes = {v["name"]: v for v in template["spec"]["volumes"]}
+            assert {m["name"] for m in c["volumeMounts"]} <= set(volumes)  # every mount is defined
+            assert all("emptyDir" in v for v in volumes.values())  # node-local scratch only: S3 is the shared medium
+            assert "/scratch" in {m["mountPath"] for m in c["volumeMounts"]}
 
 
 def test_kuberay_manifests():
@@ -43,12 +46,22 @@ def test_kuberay_manifests():
     assert (cluster["apiVersion"], cluster["kind"]) == ("ray.io/v1", "RayCluster")
     check_ray_cluster_spec(cluster["spec"])
     assert config["kind"] == "ConfigMap" and {"MLFLOW_TRACKING_URI", "LLADA_STORE"} <= set(config["data"])
+    assert config["data"]["LLADA_CACHE_DIR"].startswith("/scratch/")
     assert not any("SECRET" in k or "PASSWORD" in k for k in config["data"])
     (job,) = docs("kuberay/rayjob.yaml")
     assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")
     words = job["spec"]["entrypoint"].split()
     assert words[:2] == ["llada", "run"]
-    check_ray_cluster_spec(job["spec"]["rayClusterSpec"], world_size=load_recipe(words[2]).parallel.world_size)
+    recipe = load_recipe(words[2])
+    check_ray_cluster_spec(job["spec"]["rayClusterSpec"], world_size=recipe.parallel.world_size)
+
+
+def test_gpu_recipes_keep_nothing_on_a_shared_filesystem():
+    for name in ("llada2-mini", "llada2-flash"):
+        recipe = load_recipe(name)
+        assert all(str(uri).startswith("s3://") for uri in (recipe.store, recipe.artifact_root,
+                                                             recipe.base.hf_checkpoint, recipe.data.input))
+        assert recipe.needs_cluster and not recipe.tracking_uri.startswith(("sqlite:", "file:"))
 
 
 def test_cluster_launcher():

@@ -7,9 +7,9 @@ import pytest
 from llada_core.config import ConfigError
 from llada_core.model.config import load_preset
 from llada_core.parallel.layout import ParallelLayout
+from llada_recipe.config import load_recipe
+from llada_recipe.plan import GiB, estimate, expert_params, plan
 from pipelines.cli import main
-from pipelines.plan import GiB, estimate, expert_params, plan
-from pipelines.recipe_config import load_recipe
 
 
 def test_memory_estimate_matches_a_hand_computed_case():

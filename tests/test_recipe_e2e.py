@@ -10,7 +10,7 @@
    minutes of AR + CPT pretraining, so SFT starts from the tiny preset's initialisation (same shape,
    same tokenizer) instead of the merged CPT model. (Measured: after the few-step base/CPT of run 1,
    the same SFT reached 0.150 on 40 tasks, below the claim's 0.2; `make demo` reaches 0.280.) The
-   criterion is the report's own (`pipelines.report.claims`), not a threshold chosen for this test.
+   criterion is the report's own (`llada_recipe.report.claims`), not a threshold chosen for this test.
    Its prepare_pretrain node is a cache hit from run 1 (same config, same store).
 """
 
@@ -19,9 +19,10 @@ import json
 import pytest
 import yaml
 
+from llada_recipe import build as llada_recipe
+from llada_recipe.report import claims, write_report
 from pipelines import runs
 from pipelines.lineage import lineage
-from pipelines.report import claims, write_report
 from pipelines.run_store import RunStore
 
 pytestmark = pytest.mark.slow
@@ -40,7 +41,7 @@ def workdir(tmp_path_factory):
 
 
 def test_tiny_recipe_end_to_end(workdir, tmp_path):
-    run_id, store_root, records = runs.start("tiny-cpu", SHORT + [f"workdir={workdir}"], say=lambda m: None)
+    run_id, store_root, records = llada_recipe.start("tiny-cpu", SHORT + [f"workdir={workdir}"], say=lambda m: None)
     assert {r["state"] for r in records.values()} == {"SUCCEEDED"}, {k: r.get("error") for k, r in records.items()}
     store = RunStore(store_root)
     report = write_report(store, run_id, tmp_path / "report")
@@ -62,7 +63,7 @@ def test_tiny_recipe_end_to_end(workdir, tmp_path):
 
 def sft_claim_graph(workdir) -> dict:
     """The recipe's nodes for data -> SFT -> eval, with SFT initialised from the preset."""
-    cfg, nodes = runs.load("tiny-cpu", [f"workdir={workdir}", "eval.sweep=[]", "eval.max_rows=8"])
+    cfg, nodes = llada_recipe.load("tiny-cpu", [f"workdir={workdir}", "eval.sweep=[]", "eval.max_rows=8"])
     picked = {n.name: n for n in nodes if n.name in ("make_tasks", "prepare_pretrain", "prepare_sft", "sft", "eval")}
     sft = picked["sft"].config["training"]
     assert sft["steps"] == cfg.sft.steps and sft["optim"]["lr"] == cfg.sft.optim.lr  # the recipe's SFT, as in the demo

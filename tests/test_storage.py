@@ -4,10 +4,10 @@ commit marker and read back through a node-local cache, on local disk and on a r
 connection rules."""
 
 import json
-import socket
 
 import boto3
 import pytest
+from services import s3_server
 
 from llada_core import storage
 
@@ -16,22 +16,10 @@ pytestmark = pytest.mark.slow  # an S3 server, a local Ray (the dataset digest t
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing-secret", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "LLADA_CACHE_DIR": str(tmp_path_factory.mktemp("cache"))}
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
+    with s3_server("bkt") as env, pytest.MonkeyPatch.context() as mp:
+        for k, v in (env | {"LLADA_CACHE_DIR": str(tmp_path_factory.mktemp("cache"))}).items():
             mp.setenv(k, v)
-        client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"])
-        client.create_bucket(Bucket="bkt")
-        yield client
-    server.stop()
+        yield boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"])
 
 
 def build(directory, payload: bytes = b"weights") -> None:

@@ -8,7 +8,7 @@
                                    ─ sft ─ cap ─ dpo (reference = cap) ─ export (HF)
   eval: ELBO perplexity of every model, task accuracy + TPF of sft/cap/dpo, preference accuracy.
 
-One RecipeConfig (pipelines/recipes/*.yaml) -> nodes; the CPT phases are slices of one WSD
+One RecipeConfig (llada_recipe/recipes/*.yaml) -> nodes; the CPT phases are slices of one WSD
 schedule's token axis, each phase a node that continues from the previous phase's checkpoint.
 """
 
@@ -17,10 +17,12 @@ from __future__ import annotations
 import math
 
 from llada_core import storage
+from llada_core.config import load_config
 from llada_core.data.sources import STDLIB
 from llada_core.trainer.config import LaunchConfig, TrainingConfig, TrainingSettings
+from llada_recipe.config import RecipeConfig, recipe_path
+from pipelines import dag
 from pipelines.dag import Node
-from pipelines.recipe_config import RecipeConfig
 from stages.prepare_data import PretrainDataSettings
 from stages.prepare_instruct import InstructDataSettings
 
@@ -127,3 +129,22 @@ def build_nodes(cfg: RecipeConfig) -> list[Node]:
         "sweep_models": ["sft", "cap"] if tasks else []}))
     nodes.append(Node("export", S + "export_hf", {"checkpoint": "${dpo.checkpoint}", "out": "${out}"}))
     return nodes
+
+
+def load(recipe: str, overrides: list[str] = ()) -> tuple:
+    """The loader `pipelines.runs.start` takes: a recipe name (llada_recipe/recipes/NAME.yaml) or a
+    YAML path, either a LLaDA recipe config or a plain `nodes:` graph."""
+    from pipelines import runs
+
+    path = recipe_path(recipe)
+    if runs.is_graph(path):
+        return runs.load_graph(str(path), overrides)
+    cfg = load_config(RecipeConfig, path, overrides=overrides)
+    return cfg, dag.validate(build_nodes(cfg))  # a bad recipe fails here, before anything runs
+
+
+def start(recipe: str, overrides: list[str] = (), **kw) -> tuple[str, str, dict]:
+    """`pipelines.runs.start` with this recipe package's loader."""
+    from pipelines import runs
+
+    return runs.start(recipe, overrides, load=load, **kw)

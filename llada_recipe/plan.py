@@ -58,7 +58,7 @@ def estimate(cfg: ModelConfig, layout: ParallelLayout, seq_len: int, micro_batch
 def plan(cfg) -> dict:
     """The recipe's nodes, steps and tokens per stage, layout checks and memory per GPU."""
     from llada_core.model.hf_config import from_hf_config
-    from pipelines.llada2_recipe import build_nodes, cpt_phases, tokens_per_step
+    from llada_recipe.build import build_nodes, cpt_phases, tokens_per_step
 
     hf_config = Path(cfg.base.hf_checkpoint or "", "config.json")
     if cfg.base.hf_checkpoint and hf_config.exists():

@@ -1,22 +1,22 @@
 """`make demo` / `llada demo`: the whole LLaDA2.0 recipe on the embedded default, then its report.
 
   llada run tiny-cpu   (the DAG: data -> AR base -> CPT warm-up/stable/decay -> merge -> SFT -> CAP
-                        -> DPO -> eval -> HF export; see pipelines/llada2_recipe.py)
-  + pipelines/report.py (claims with numbers, loss curves, accuracy vs TPF) logged to MLflow
+                        -> DPO -> eval -> HF export; see llada_recipe/build.py)
+  + llada_recipe/report.py (claims with numbers, loss curves, accuracy vs TPF) logged to MLflow
 """
 
 from __future__ import annotations
 
 import time
 
-from pipelines import runs
-from pipelines.report import write_report
+from llada_recipe.build import start
+from llada_recipe.report import write_report
 from pipelines.run_store import RunStore
 
 
 def run_demo(recipe: str = "tiny-cpu", overrides: list[str] = (), say=print) -> dict:
     t0 = time.perf_counter()
-    run_id, store_root, records = runs.start(recipe, list(overrides), say=say)
+    run_id, store_root, records = start(recipe, list(overrides), say=say)
     store = RunStore(store_root)
     doc = store.run(run_id)
     out = store.node_output(run_id, "report")

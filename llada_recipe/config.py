@@ -1,8 +1,8 @@
-"""A recipe's config: one YAML file (pipelines/recipes/NAME.yaml) validated as a whole at load.
+"""A recipe's config: one YAML file (llada_recipe/recipes/NAME.yaml) validated as a whole at load.
 
 Cross-section checks live here (one seq_len for data and schedule); each section validates itself.
 A section reuses the config of the stage it feeds (its settings part: the knobs a user sets, with
-their one default); the recipe builder (llada2_recipe) adds the wiring: paths, names, layout, seed.
+their one default); the recipe builder (llada_recipe.build) adds the wiring: paths, names, layout, seed.
 """
 
 from __future__ import annotations
