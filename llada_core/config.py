@@ -97,7 +97,7 @@ def _deep_merge(base: dict, top: Mapping) -> dict:
     return out
 
 
-def _format_validation_error(exc: ValidationError, source: str) -> str:
+def format_validation_error(exc: ValidationError, source: str) -> str:
     lines = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "<root>"
@@ -133,7 +133,7 @@ def load_config(
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {path}") from None
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"invalid config ({source}): not valid YAML: {exc}") from None
+            raise ConfigError(f"invalid config ({source}): not valid YAML: {_one_line(exc)}") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -145,10 +145,37 @@ def load_config(
     tree = apply_overrides(tree, overrides, source=source)
     if overrides:
         source = f"{source} + overrides"
+    _refuse_credentials(tree, source)
     try:
         return model.model_validate(tree)
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc, source)) from None
+        raise ConfigError(format_validation_error(exc, source)) from None
+
+
+def _one_line(exc: Exception) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    if isinstance(exc, yaml.MarkedYAMLError) and mark is not None:
+        return f"{exc.problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return " ".join(str(exc).split())
+
+
+_CREDENTIALS_IN_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/@\s]+:[^/@\s]*@")
+
+
+def _refuse_credentials(tree, source: str, key: str = "") -> None:
+    """A URI with user:secret@ in a config would be stored in the run store, logged and printed:
+    credentials come from the environment only."""
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            _refuse_credentials(v, source, f"{key}.{k}" if key else str(k))
+    elif isinstance(tree, list):
+        for i, v in enumerate(tree):
+            _refuse_credentials(v, source, f"{key}.{i}")
+    elif isinstance(tree, str) and _CREDENTIALS_IN_URI.match(tree):
+        raise ConfigError(f"invalid config ({source}): key '{key}': credentials in a URI are not accepted (they "
+                          "would be stored and logged); give them in the environment: AWS_ACCESS_KEY_ID / "
+                          "AWS_SECRET_ACCESS_KEY (or an instance profile) for S3, MLFLOW_TRACKING_USERNAME / "
+                          "MLFLOW_TRACKING_PASSWORD for MLflow")
 
 
 def named_yaml(directory: Path, name: str, what: str) -> Path:

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import math
 
+from pydantic import ValidationError
+
 from llada_core import storage
-from llada_core.config import load_config
+from llada_core.config import ConfigError, format_validation_error, load_config
 from llada_core.data.sources import STDLIB
 from llada_core.trainer.config import LaunchConfig, TrainingConfig, TrainingSettings
 from llada_recipe.config import RecipeConfig, recipe_path
@@ -59,8 +61,11 @@ def _settings(section, base: type) -> dict:
 def _stage(cfg: RecipeConfig, name: str, section: TrainingSettings, **wiring) -> TrainingConfig:
     if hasattr(section, "objective"):
         wiring.setdefault("objective", section.objective.model_dump(mode="json"))
-    return TrainingConfig(name=name, layout=cfg.parallel, seed=cfg.seed, **_settings(section, TrainingSettings),
-                          **wiring)
+    try:
+        return TrainingConfig(name=name, layout=cfg.parallel, seed=cfg.seed, **_settings(section, TrainingSettings),
+                              **wiring)
+    except ValidationError as exc:  # a combination of sections no single section can check (e.g. DPO under PP)
+        raise ConfigError(format_validation_error(exc, f"recipe {cfg.name}, node {name}")) from None
 
 
 def _where(path: str | None) -> str | None:

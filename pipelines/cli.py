@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import textwrap
 
@@ -219,19 +220,29 @@ def main(argv: list[str] | None = None) -> int:
     from llada_core.data.sources import DataError
     from llada_core.data.tokenizer import TokenizerError
     from llada_core.model.hf_config import CheckpointError
+    from pipelines.errors import innermost
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # key=value overrides may also follow the options (`llada run R --run-id X a.b=1`)
+        if not (hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra)):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
+    # Ray Data logs a failed task's traceback itself (read when it configures its logging, at import);
+    # the CLI says what went wrong in one line below
+    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "CRITICAL")
     try:
         return args.handler(args)
-    except (ConfigError, DataError, TokenizerError, ChatFormatError, CheckpointError) as exc:
-        print("error: " + textwrap.indent(str(exc), "  ").lstrip(), file=sys.stderr)
-        return EXIT_USAGE
     except Exception as exc:
         from pipelines.cli_runs import handles
 
-        if not handles(exc):
+        cause = innermost(exc, (ConfigError, DataError, TokenizerError, ChatFormatError, CheckpointError))
+        if cause is None and not handles(exc):
             raise
-        print("error: " + textwrap.indent(str(exc).strip("'\""), "  ").lstrip(), file=sys.stderr)
+        text = str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
+        if cause is not None:  # from inside Ray, whose retry advice is appended to the message: its first line
+            text = str(cause) if cause is exc else str(cause).splitlines()[0]
+        print("error: " + textwrap.indent(text, "  ").lstrip(), file=sys.stderr)
         return EXIT_USAGE
 
 

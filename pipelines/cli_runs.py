@@ -56,9 +56,13 @@ def add_commands(top, parser_with_examples) -> None:
 
 
 def _store(args) -> RunStore:
+    """The run store a read command looks at; one that does not exist is an error, not an empty list."""
     from pipelines.runs import DEFAULT_STORE
 
-    return RunStore(args.store or DEFAULT_STORE)
+    store = RunStore(args.store or DEFAULT_STORE)
+    if not store.exists():
+        raise KeyError(f"no run store at {store.root} (give --store DIR|s3://... or set LLADA_STORE)")
+    return store
 
 
 def _say(msg: str) -> None:
@@ -100,7 +104,7 @@ def status_rows(store: RunStore, run_id: str) -> list[dict]:
         rec = states[node.name]
         blocked = ([u for u in node.upstream() if states[u]["state"] in ("FAILED", "PENDING")]
                    if rec["state"] == "PENDING" else [])
-        rows.append({"node": node.name, "state": rec["state"], "cache_key": rec.get("cache_key"),
+        rows.append({"node": node.name, "state": store.node_state(run_id, rec), "cache_key": rec.get("cache_key"),
                      "attempts": rec.get("attempts", 0), "seconds": rec.get("seconds"), "started": rec.get("started"),
                      "ended": rec.get("ended"), "mlflow_run_id": rec.get("mlflow_run_id"),
                      "outputs": rec.get("outputs", {}), "cached_from": rec.get("cached_from"), "waiting_on": blocked,

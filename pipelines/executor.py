@@ -21,6 +21,8 @@ from llada_core import storage
 from llada_core.cluster import ClusterError, alive_nodes, ensure_ray
 from llada_core.version import code_version
 from pipelines import dag
+from pipelines.errors import summary
+from pipelines.progress import Progress
 from pipelines.run_store import DONE, RunStore, artifact_digest, now, outputs_intact
 from pipelines.tracking import Tracker, flatten, redact
 
@@ -39,8 +41,18 @@ class NodeContext:
     tracking_uri: str
     mlflow_run: str
     info: dict = field(default_factory=dict)  # stage facts kept on the node record (e.g. first step)
+    progress_queue: object = None  # to the driver's console (pipelines.progress)
     _client: object = None
     _last_step: int | None = None
+    _last_progress: float = float("-inf")
+
+    def report_progress(self, step: int, total: int, **values) -> None:
+        """step / total (and loss, tokens_per_s) for the driver's console, at most every 2 s."""
+        now = time.monotonic()
+        if self.progress_queue is None or (now - self._last_progress < 2.0 and step < total):
+            return
+        self._last_progress = now
+        self.progress_queue.put((self.node, step, total, values))
 
     def _tracker(self):
         if self._client is None:
@@ -110,6 +122,9 @@ class Executor:
         with self.store.lock(self.run_id):
             ensure_ray(require_cluster=self.run_doc.get("ray") == "cluster")
             _check_tracking_reachable(self.tracker.tracking_uri)
+            from ray.util.queue import Queue
+
+            self.queue, progress = Queue(), Progress(self.say)
             parent = self.tracker.parent_run(self.run_id, {"llada.recipe": self.run_doc["recipe"], **_code_tags()})
             self.run_doc |= {"mlflow_parent_run": parent, "ray_job_id": ray.get_runtime_context().get_job_id()}
             self.store.write_run(self.run_id, self.run_doc)
@@ -132,9 +147,14 @@ class Executor:
                         running[ref] = node.name
                 if not running:
                     break
-                ready, _ = ray.wait(list(running), num_returns=1)
+                ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
+                progress.drain(self.queue)
+                if not ready:
+                    continue
                 name = running.pop(ready[0])
+                progress.finished(name)
                 self._finish(self.by_name[name], records[name], ready[0])
+            self.queue.shutdown()
             self.tracker.end(parent, "FAILED" if any(r["state"] == "FAILED" for r in records.values()) else "FINISHED")
             return {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")} for k, v in records.items()}
 
@@ -187,7 +207,7 @@ class Executor:
         self.tracker.set_tags(mlflow_run, {"llada.state": "RUNNING", "llada.attempts": str(attempts)})
         self.say(f"[{node.name}] running (attempt {attempts})")
         ctx = NodeContext(self.run_id, node.name, key, out_dir, self.store.train_storage(self.run_id),
-                          self.tracker.tracking_uri, mlflow_run)
+                          self.tracker.tracking_uri, mlflow_run, progress_queue=self.queue)
         task = ray.remote(_execute_node).options(num_cpus=stage.num_cpus, max_retries=0, name=f"llada:{node.name}")
         rec["_t0"] = time.time()
         return task.remote(node.stage, resolved, ctx)
@@ -197,9 +217,8 @@ class Executor:
         try:
             result = ray.get(ref)
         except Exception as exc:  # the stage's exception, wrapped by Ray
-            cause = getattr(exc, "cause", None) or exc
             rec |= {"state": "FAILED", "ended": now(), "seconds": seconds, "_settled": "failed",
-                    "error": redact(f"{type(cause).__name__}: {cause}")[:2000],
+                    "error": redact(summary(exc))[:2000],
                     "traceback": redact("".join(traceback.format_exception(exc)))[-20000:]}
             self.store.write_node(self.run_id, _public(rec))
             self.tracker.set_tags(rec["mlflow_run_id"], {"llada.state": "FAILED", "llada.error": rec["error"][:500]})

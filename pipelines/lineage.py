@@ -65,7 +65,8 @@ def lineage(store: RunStore, run_id: str, node: str | None = None) -> dict:
         source = store.node(computed_in["run_id"], computed_in["node"]) if rec.get("cached_from") else rec
         source_run = store.run(computed_in["run_id"]) if rec.get("cached_from") else run
         seen[name] = {
-            "node": name, "stage": nodes[name].stage, "state": rec.get("state"), "cache_key": rec.get("cache_key"),
+            "node": name, "stage": nodes[name].stage, "state": store.node_state(run_id, rec),
+            "cache_key": rec.get("cache_key"),
             "config_hash": _config_hash(nodes[name].config), "computed_in": computed_in,
             "code_version": source.get("code_version") or source_run.get("code_version"),
             "mlflow_run_id": rec.get("mlflow_run_id"), "computed_mlflow_run_id": source.get("mlflow_run_id"),

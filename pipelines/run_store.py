@@ -81,6 +81,16 @@ class RunStore:
     def run_exists(self, run_id: str) -> bool:
         return self.read(("runs", run_id, "run.json")) is not None
 
+    def exists(self) -> bool:
+        return self.fs.get_file_info(self._path("runs")).type != pafs.FileType.NotFound
+
+    def node_state(self, run_id: str, rec: dict) -> str:
+        """A node's state as a reader should see it: RUNNING only while a live driver holds the run."""
+        if rec["state"] != "RUNNING":
+            return rec["state"]
+        holder = self.read(("runs", run_id, "lock.json"))
+        return "RUNNING" if holder and not _stale(holder) else "INTERRUPTED"
+
     def _path(self, *parts: str) -> str:
         return "/".join([self.base, *parts])
 

@@ -70,7 +70,11 @@ def load_graph(path: str, overrides: list[str] = ()) -> tuple[GraphRecipe, list[
 
 
 def is_graph(path: str | Path) -> bool:
-    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    """A YAML that lists its nodes. One that cannot be read is not: load_config then says why, in one line."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
     return isinstance(raw, dict) and "nodes" in raw
 
 

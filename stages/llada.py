@@ -62,12 +62,14 @@ def _train(cfg: TrainNodeConfig, ctx, candidates: bool = False) -> dict:
         if not metrics.get("replayed"):  # trained in this attempt (replayed ones only fill logging gaps)
             steps.append(step)
         ctx.log_metrics(step, metrics)
+        ctx.report_progress(step, cfg.training.steps, loss=metrics["loss"], tokens_per_s=metrics["tokens_per_s"])
 
     outs = {"checkpoint": storage.join(cfg.out, "checkpoint")}
     if candidates:
         outs["candidates"] = storage.join(cfg.out, "candidates")
     run_training(training, ctx.train_storage, max_failures=cfg.max_failures, use_gpu=cfg.use_gpu,
-                 cpus_per_worker=cfg.cpus_per_worker, on_metrics=on_metrics, progress=False,
+                 cpus_per_worker=cfg.cpus_per_worker, wait_for_resources_s=cfg.wait_for_resources_s,
+                 on_metrics=on_metrics, progress=False,
                  export=outs["checkpoint"], candidates=outs.get("candidates"))
     ctx.info |= {"first_step": steps[0] if steps else None, "last_step": steps[-1] if steps else None}
     return outs

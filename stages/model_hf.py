@@ -35,6 +35,13 @@ def _safetensors_files(hf_dir: Path) -> list[Path]:
     return files
 
 
+def _open_safetensors(path: Path, source: str):
+    try:
+        return safe_open(str(path), "pt")
+    except Exception as exc:  # safetensors raises its own SafetensorError (truncated header, bad JSON)
+        raise CheckpointError(f"{source}/{path.name}: not a readable safetensors file ({exc})") from None
+
+
 def import_hf(hf_dir: str | Path, out: str | Path, add_mask_token: str | None = None) -> dict:
     source = str(hf_dir) if storage.is_s3(str(hf_dir)) else str(Path(hf_dir).resolve())
     try:
@@ -45,6 +52,8 @@ def import_hf(hf_dir: str | Path, out: str | Path, add_mask_token: str | None = 
         hf_cfg = json.loads((hf_dir / "config.json").read_text())
     except FileNotFoundError:
         raise CheckpointError(f"no config.json in {hf_dir}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{source}/config.json: not valid JSON ({exc})") from None
     cfg = from_hf_config(hf_cfg)
     tok = load_tokenizer(hf_dir, add_mask_token=add_mask_token)
     original = tok.vocab_size - len(tok.added_roles)
@@ -55,7 +64,7 @@ def import_hf(hf_dir: str | Path, out: str | Path, add_mask_token: str | None = 
     new_cfg = cfg.model_copy(update={"vocab_size": grown})
 
     files = _safetensors_files(hf_dir)
-    handles = [safe_open(str(f), "pt") for f in files]
+    handles = [_open_safetensors(f, source) for f in files]
     where = {name: h for h in handles for name in h.keys()}
 
     def tensors():

@@ -189,9 +189,22 @@ def iter_records(src: SourceFile, columns: tuple[str, ...], batch_rows: int = 10
                 missing = [c for c in columns if c not in record]
                 if missing:
                     raise DataError(f"{src.uri}:{lineno}: missing column(s) {missing}")
+                _check_strings(record, columns, f"{src.uri}:{lineno}")
                 yield {c: record[c] for c in columns}
     else:
         with fs.open_input_file(path) as fh:
             reader = pq.ParquetFile(fh)
+            row = 0
             for batch in reader.iter_batches(batch_size=batch_rows, columns=list(columns)):
-                yield from batch.to_pylist()
+                for i, record in enumerate(batch.to_pylist()):
+                    _check_strings(record, columns, f"{src.uri}: row {row + i}")
+                    yield record
+                row += batch.num_rows
+
+
+def _check_strings(record: dict, columns: tuple[str, ...], where: str) -> None:
+    """Text columns hold strings (`messages` is a list of turns, checked by the chat template)."""
+    for c in columns:
+        if c != "messages" and not isinstance(record[c], str):
+            raise DataError(f"{where}: column {c!r} is {type(record[c]).__name__} ({str(record[c])[:40]!r}), "
+                            "expected a string")

@@ -105,5 +105,9 @@ def pad_vocab(size: int, multiple: int = 128) -> int:
     return -(-size // multiple) * multiple
 
 
+def preset_path(name: str) -> Path:
+    return named_yaml(PRESETS_DIR, name, "model preset")
+
+
 def load_preset(name: str, overrides: list[str] = ()) -> ModelConfig:
-    return load_config(ModelConfig, named_yaml(PRESETS_DIR, name, "model preset"), overrides=overrides)
+    return load_config(ModelConfig, preset_path(name), overrides=overrides)

@@ -106,12 +106,17 @@ def hf_to_megatron(get, names: set[str], cfg: ModelConfig, arch: str) -> Iterato
         left.discard(name)
         return get(name)
 
-    kv = cfg.num_kv_heads * cfg.head_dim
+    rows = (cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim)
     for ours in expected_shapes(cfg):
         hf = hf_name(ours, arch)
         parts = [take(hf)] if isinstance(hf, str) else [take(h) for h in hf]
         if _is_qkv(ours):
-            q, k, v = parts if len(parts) == 3 else parts[0].split([cfg.num_heads * cfg.head_dim, kv, kv], dim=0)
+            checks = [(hf, parts[0], sum(rows))] if isinstance(hf, str) else zip(hf, parts, rows, strict=True)
+            for name, tensor, n in checks:  # a wrong shape is named, before any reshape
+                want = (n,) if ours.endswith(".bias") else (n, cfg.hidden_size)
+                if tuple(tensor.shape) != want:
+                    raise CheckpointError(f"tensor {name!r} has shape {tuple(tensor.shape)}, expected {want}")
+            q, k, v = parts if len(parts) == 3 else parts[0].split(list(rows), dim=0)
             yield ours, qkv_to_megatron(q, k, v, cfg)
         else:
             yield ours, parts[0] if len(parts) == 1 else torch.cat(parts)

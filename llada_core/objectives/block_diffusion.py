@@ -100,7 +100,7 @@ class CPT(Objective):
     def batch(self, rows: list[dict], ctx: StepContext) -> NoisedBatch:
         x0, doc = packed_tensors(rows)
         noise = row_noise(doc >= 0, [sample_generator(ctx.seed, p) for p in ctx.positions])
-        block = min(ctx.block_size or self.cfg.block_size, x0.shape[1])
+        block = ctx.block_size or self.cfg.block_size
         mask_noise = None
         if self.cfg.mask_noise_std and ctx.step < self.cfg.mask_noise_steps:
             mask_noise = (ctx.mask_id, self.cfg.mask_noise_std, sample_generator(ctx.seed + 1, ctx.positions[0]))

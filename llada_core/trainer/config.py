@@ -12,8 +12,8 @@ import torch
 from pydantic import Field, model_validator
 
 from llada_core.checkpoint import read_checkpoint_header
-from llada_core.config import StrictModel
-from llada_core.model.config import ModelConfig, load_preset, pad_vocab
+from llada_core.config import ConfigError, StrictModel
+from llada_core.model.config import ModelConfig, load_preset, pad_vocab, preset_path
 from llada_core.objectives.registry import ObjectiveConfig, objective_class
 from llada_core.parallel.layout import ParallelLayout
 from llada_core.schedule import WSDConfig
@@ -60,6 +60,11 @@ class TrainingConfig(TrainingSettings):
 
     @model_validator(mode="after")
     def _check(self):
+        if not self.init_checkpoint:  # an unknown preset is found here, not after the data nodes ran
+            try:
+                preset_path(self.model)
+            except ConfigError as exc:
+                raise ValueError(f"model: {exc}") from None
         objective = objective_class(self.objective)
         if self.layout.pp > 1 and not objective.pipeline_parallel:
             raise ValueError(f"layout: pipeline parallelism (pp={self.layout.pp}) is not implemented for "
@@ -76,6 +81,31 @@ class LaunchConfig(StrictModel):
     max_failures: int = Field(2, ge=0)  # worker-group restarts from the latest registered checkpoint
     cpus_per_worker: float = Field(1.0, gt=0)
     use_gpu: bool = False
+    wait_for_resources_s: float = Field(0.0, ge=0)  # for nodes to appear (autoscaling) before the group fails
+
+
+def check_dataset(cfg: TrainingConfig, manifest: dict) -> None:
+    """The dataset fits the objective: its kind, and (packed rows) every block size divides its rows.
+    Checked on the driver before any worker starts; raises DataError naming the dataset."""
+    from llada_core.data.sources import DataError
+
+    objective = objective_class(cfg.objective)
+    kind = manifest.get("kind")
+    if kind != objective.data_kind:
+        command = "prepare" if objective.data_kind == "pretrain" else f"prepare-{objective.data_kind}"
+        raise DataError(f"{cfg.data}: a {kind!r} dataset, but objective {objective.kind!r} trains on "
+                        f"{objective.data_kind!r} data (made by `llada data {command}`)")
+    seq_len = manifest.get("seq_len")
+    if objective.data_kind != "pretrain" or not seq_len:
+        return
+    if cfg.schedule is not None:
+        if cfg.schedule.seq_len != seq_len:
+            raise DataError(f"{cfg.data}: rows of {seq_len} tokens, but the WSD schedule is for seq_len="
+                            f"{cfg.schedule.seq_len}")
+        return
+    block = getattr(cfg.objective, "block_size", None)
+    if block is not None and (block > seq_len or seq_len % block):
+        raise DataError(f"{cfg.data}: objective.block_size={block} does not divide its rows of {seq_len} tokens")
 
 
 def resolve_model_config(cfg: TrainingConfig, manifest: dict) -> ModelConfig:

@@ -40,6 +40,7 @@ from llada_core.parallel.setup import init_parallel
 from llada_core.trainer import optim
 from llada_core.trainer.config import TrainingConfig, resolve_model_config, training_dtype
 from llada_core.trainer.data import BatchPlan, RowStream
+from llada_core.trainer.digests import problem, write_digest
 
 STATE_FILE = "trainer_state.json"
 
@@ -191,13 +192,17 @@ class Trainer:
         msd = self.model.gpt.sharded_state_dict()
         return {"model": msd, "optimizer": optim.optimizer_sharded_state(self.opt, msd, is_loading)}
 
-    def save_shards(self, directory: str | Path) -> None:
+    def save_shards(self, directory: str | Path, extra: dict[str, str] | None = None) -> None:
         """Write this rank's part of a checkpoint into `directory` (which may differ per rank, as with
-        Ray Train, which merges the workers' files); rank 0 adds the metadata and trainer state."""
+        Ray Train, which merges the workers' files); rank 0 adds the metadata, the trainer state and
+        `extra` files; every rank's per-file digest comes last (llada_core.trainer.digests)."""
         dist_checkpointing.save(self._sharded(is_loading=False), str(directory))
         if dist.get_rank() == 0:
             state = {"step": self.step, "samples": self.step * self.plan.global_batch, "stage": self.cfg.name}
-            (Path(directory) / STATE_FILE).write_text(json.dumps(state))
+            for name, text in ({STATE_FILE: json.dumps(state)} | (extra or {})).items():
+                (Path(directory) / name).write_text(text, encoding="utf-8")
+        dist.barrier()
+        write_digest(directory, dist.get_rank(), dist.get_world_size())
         dist.barrier()
 
     def save(self, directory: str | Path) -> Path:
@@ -219,6 +224,8 @@ class Trainer:
 
     def load(self, directory: str | Path) -> None:
         directory = Path(directory)
+        if reason := problem(directory):
+            raise CheckpointError(f"checkpoint {directory} cannot be used: {reason}")
         state = json.loads((directory / STATE_FILE).read_text())
         sharded = self._sharded(is_loading=True)
         loaded = dist_checkpointing.load(sharded, str(directory))

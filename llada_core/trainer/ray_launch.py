@@ -18,6 +18,7 @@ import os
 import sys
 import tempfile
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -28,7 +29,7 @@ from ray.train.torch import TorchTrainer
 from ray.util.queue import Queue
 
 from llada_core import storage
-from llada_core.cluster import ensure_ray
+from llada_core.cluster import ClusterError, ensure_ray
 from llada_core.config import canonical_json
 from llada_core.trainer.config import TrainingConfig
 
@@ -45,7 +46,7 @@ def _worker_loop(config: dict) -> None:
     # The driver may not have logged every step a checkpoint covers when it dies; each checkpoint
     # carries the latest steps' metrics and a restore replays them (the driver skips logged steps).
     recent: deque[dict] = deque(maxlen=METRICS_REPLAY)
-    restored = ray.train.get_checkpoint()
+    restored = _newest_intact(ray.train.get_checkpoint())
     if restored:
         with restored.as_directory() as directory:
             trainer.load(directory)
@@ -58,10 +59,7 @@ def _worker_loop(config: dict) -> None:
 
     def save(trainer: Trainer, metrics: dict) -> None:
         local = tempfile.mkdtemp(prefix=f"llada-ckpt-{rank}-")
-        trainer.save_shards(local)
-        if rank == 0:
-            with open(os.path.join(local, METRICS_FILE), "w", encoding="utf-8") as fh:
-                json.dump(list(recent), fh)
+        trainer.save_shards(local, extra={METRICS_FILE: json.dumps(list(recent))} if rank == 0 else None)
         if config.get("candidates"):  # consolidated copies for the top-k merge (redone steps: same weights)
             _export(trainer, os.path.join(config["candidates"], f"step-{trainer.step:07d}"))
         # report() only with checkpoints: each report waits for the controller's next poll
@@ -78,6 +76,33 @@ def _worker_loop(config: dict) -> None:
     trainer.run(save, on_metrics=(lambda step, m: queue.put(m)) if queue is not None else None, on_step=on_step)
     if config.get("export"):
         _export(trainer, config["export"])
+
+
+def _newest_intact(latest: ray.train.Checkpoint | None) -> ray.train.Checkpoint | None:
+    """Ray Train's latest checkpoint, or, when a crash tore it, the newest intact one beside it
+    (saying which it skipped and why); an error naming them all when none is intact."""
+    if latest is None:
+        return None
+    import pyarrow.fs as pafs
+
+    from llada_core.model.hf_config import CheckpointError
+    from llada_core.trainer.digests import problem
+
+    fs, parent = latest.filesystem, os.path.dirname(latest.path.rstrip("/"))
+    found = fs.get_file_info(pafs.FileSelector(parent))
+    siblings = sorted((i.path for i in found if i.type == pafs.FileType.Directory
+                       and i.base_name.startswith("checkpoint_")), reverse=True)
+    reasons = []
+    for path in [latest.path] + [p for p in siblings if p != latest.path]:
+        candidate = ray.train.Checkpoint(path, filesystem=fs)
+        with candidate.as_directory() as directory:
+            reason = problem(directory)
+        if reason is None:
+            if reasons:
+                print(f"warning: restoring {path}; skipped {'; '.join(reasons)}", file=sys.stderr, flush=True)
+            return candidate
+        reasons.append(f"{path}: {reason}")
+    raise CheckpointError("no intact checkpoint to restore: " + "; ".join(reasons))
 
 
 def _export(trainer, out: str) -> None:
@@ -112,18 +137,38 @@ def _consume(queue: Queue, done: threading.Event, total: int, name: str, on_metr
 def preflight(cfg: TrainingConfig, use_gpu: bool) -> None:
     """Everything about the layout that can fail, checked on the driver before any worker starts."""
     from llada_core.data.shards import read_manifest
-    from llada_core.trainer.config import resolve_model_config, training_dtype
+    from llada_core.trainer.config import check_dataset, resolve_model_config, training_dtype
 
     if not use_gpu:  # the workers will have no CUDA: the precision is decidable here
         training_dtype(cfg)
-
-    model_cfg = resolve_model_config(cfg, read_manifest(cfg.data))
+    manifest = read_manifest(cfg.data)
+    check_dataset(cfg, manifest)
+    model_cfg = resolve_model_config(cfg, manifest)
     cfg.layout.check_model(model_cfg.num_layers, model_cfg.num_experts, model_cfg.num_heads,
                            model_cfg.num_kv_heads, model_cfg.vocab_size)
 
 
+def check_schedulable(world: int, need: dict[str, float], wait_s: float = 0.0) -> None:
+    """The connected cluster's nodes can hold `world` workers of `need` each, now or within `wait_s`
+    (nodes an autoscaler adds); otherwise one error naming both, instead of a worker group that
+    waits for ever."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        fits = sum(min(int(r.get(k, 0.0) // v) for k, v in need.items()) for r in nodes)
+        if fits >= world:
+            return
+        if time.monotonic() >= deadline:
+            have = "; ".join(", ".join(f"{k} {r.get(k, 0.0):g}" for k in need) for r in nodes)
+            raise ClusterError(f"the worker group cannot be scheduled: {world} workers x "
+                               f"{', '.join(f'{k} {v:g}' for k, v in need.items())} each, but the cluster's "
+                               f"{len(nodes)} node(s) have [{have}] (room for {fits}); lower parallel.world_size "
+                               "or training.cpus_per_worker, add nodes, or raise training.wait_for_resources_s")
+        time.sleep(2.0)
+
+
 def run_training(cfg: TrainingConfig, storage_path: str, max_failures: int = 0, use_gpu: bool = False,
-              cpus_per_worker: float = 1.0, on_step: Callable | None = None,
+                 cpus_per_worker: float = 1.0, on_step: Callable | None = None, wait_for_resources_s: float = 0.0,
               on_metrics: Callable[[int, dict], None] | None = None, progress: bool = True,
               export: str | None = None, candidates: str | None = None) -> ray.train.Result:
     """Run (or resume: same name + storage_path) a stage on the connected Ray cluster; at the end
@@ -133,6 +178,8 @@ def run_training(cfg: TrainingConfig, storage_path: str, max_failures: int = 0, 
     every worker after every step (tests inject faults there; it must be picklable by value)."""
     preflight(cfg, use_gpu)
     ensure_ray()
+    check_schedulable(cfg.layout.world_size, {"CPU": cpus_per_worker} | ({"GPU": 1.0} if use_gpu else {}),
+                      wait_for_resources_s)
     done = threading.Event()
     queue = Queue() if on_metrics or progress else None  # rank 0 sends per-step metrics only when read here
     consumer = threading.Thread(target=_consume, args=(queue, done, cfg.steps, cfg.name, on_metrics, progress),
