@@ -72,18 +72,10 @@ def save_checkpoint(out: str | Path, cfg: ModelConfig, tensors: Iterable[tuple[s
         (tmp / "weights" / "index.json").write_text(json.dumps(index, indent=1, sort_keys=True))
         (tmp / "model_config.json").write_text(canonical_json(cfg) + "\n")
         tok.save(tmp / "tokenizer")
-        digests = {f: _file_sha256(tmp / "weights" / f) for f in sorted(set(index.values()))}
+        digests = {f: storage.file_sha256(tmp / "weights" / f) for f in sorted(set(index.values()))}
         (tmp / "meta.json").write_text(json.dumps(meta | {"tokenizer_digest": tok.digest, "weights_sha256": digests},
                                                   indent=2, sort_keys=True))
     return out
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(8 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _is_complete(uri: str) -> bool:
@@ -108,7 +100,7 @@ def load_checkpoint(path: str | Path) -> tuple[ModelConfig, dict[str, Tensor], L
     index = json.loads((path / "weights" / "index.json").read_text())
     state: dict[str, Tensor] = {}
     for file, want in meta.get("weights_sha256", {}).items():  # verified before anything is loaded
-        if not (path / "weights" / file).is_file() or _file_sha256(path / "weights" / file) != want:
+        if not (path / "weights" / file).is_file() or storage.file_sha256(path / "weights" / file) != want:
             raise CheckpointError(f"{path}/weights/{file}: missing or corrupted (sha256 differs from meta.json)")
     for file in sorted(set(index.values())):
         state |= load_file(str(path / "weights" / file))

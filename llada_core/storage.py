@@ -75,6 +75,11 @@ def sha256_of(fs: pafs.FileSystem, path: str) -> str:
     return digest.hexdigest()
 
 
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a local file, streamed."""
+    return sha256_of(pafs.LocalFileSystem(), str(path))
+
+
 def write_bytes(fs: pafs.FileSystem, path: str, data: bytes) -> None:
     """Atomic: a local write goes to a temp file and is renamed; an S3 PUT is atomic per object."""
     if isinstance(fs, pafs.LocalFileSystem):

@@ -8,20 +8,13 @@ checkpoint is intact when every rank's digest is there and every listed file mat
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
+from llada_core.storage import file_sha256
+
 PREFIX = "digest-rank"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(8 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def write_digest(directory: str | Path, rank: int, world: int) -> None:
@@ -29,7 +22,7 @@ def write_digest(directory: str | Path, rank: int, world: int) -> None:
     names = sorted(n for n in os.listdir(directory) if not n.startswith(PREFIX))
     mine = [n for n in names if n.startswith(f"__{rank}_")] + (
         [n for n in names if not n.endswith(".distcp")] if rank == 0 else [])
-    files = {n: {"bytes": (directory / n).stat().st_size, "sha256": _sha256(directory / n)} for n in mine}
+    files = {n: {"bytes": (directory / n).stat().st_size, "sha256": file_sha256(directory / n)} for n in mine}
     target = directory / f"{PREFIX}{rank:05d}.json"
     tmp = target.with_suffix(".tmp")
     tmp.write_text(json.dumps({"world": world, "files": files}, sort_keys=True))
@@ -52,6 +45,6 @@ def problem(directory: str | Path) -> str | None:
                 return f"{name} is missing"
             if path.stat().st_size != want["bytes"]:
                 return f"{name} has {path.stat().st_size} bytes, its digest says {want['bytes']} (truncated)"
-            if _sha256(path) != want["sha256"]:
+            if file_sha256(path) != want["sha256"]:
                 return f"{name}: sha256 differs from its digest (corrupted)"
     return None
