@@ -46,16 +46,9 @@ def _worker_loop(config: dict) -> None:
     # The driver may not have logged every step a checkpoint covers when it dies; each checkpoint
     # carries the latest steps' metrics and a restore replays them (the driver skips logged steps).
     recent: deque[dict] = deque(maxlen=METRICS_REPLAY)
-    restored = _newest_intact(ray.train.get_checkpoint())
-    if restored:
-        with restored.as_directory() as directory:
-            trainer.load(directory)
-            replay = os.path.join(directory, METRICS_FILE)
-            if os.path.exists(replay):
-                with open(replay, encoding="utf-8") as fh:
-                    recent.extend(json.load(fh))
-        for m in recent if queue is not None else ():
-            queue.put(m | {"replayed": True})
+    recent.extend(_restore(trainer, ray.train.get_checkpoint()))
+    for m in recent if queue is not None else ():
+        queue.put(m | {"replayed": True})
 
     def save(trainer: Trainer, metrics: dict) -> None:
         local = tempfile.mkdtemp(prefix=f"llada-ckpt-{rank}-")
@@ -78,15 +71,16 @@ def _worker_loop(config: dict) -> None:
         _export(trainer, config["export"])
 
 
-def _newest_intact(latest: ray.train.Checkpoint | None) -> ray.train.Checkpoint | None:
-    """Ray Train's latest checkpoint, or, when a crash tore it, the newest intact one beside it
-    (saying which it skipped and why); an error naming them all when none is intact."""
+def _restore(trainer, latest: ray.train.Checkpoint | None) -> list[dict]:
+    """Load Ray Train's latest checkpoint or, when a crash tore it, the newest intact one beside it
+    (saying which it skipped and why); returns the metrics it carries for replay. Each candidate is
+    fetched and verified once (Trainer.load checks its digests before touching any state); none
+    intact is one error naming them all."""
     if latest is None:
-        return None
+        return []
     import pyarrow.fs as pafs
 
     from llada_core.model.hf_config import CheckpointError
-    from llada_core.trainer.digests import problem
 
     fs, parent = latest.filesystem, os.path.dirname(latest.path.rstrip("/"))
     found = fs.get_file_info(pafs.FileSelector(parent))
@@ -94,14 +88,19 @@ def _newest_intact(latest: ray.train.Checkpoint | None) -> ray.train.Checkpoint 
                        and i.base_name.startswith("checkpoint_")), reverse=True)
     reasons = []
     for path in [latest.path] + [p for p in siblings if p != latest.path]:
-        candidate = ray.train.Checkpoint(path, filesystem=fs)
-        with candidate.as_directory() as directory:
-            reason = problem(directory)
-        if reason is None:
+        with ray.train.Checkpoint(path, filesystem=fs).as_directory() as directory:
+            try:
+                trainer.load(directory)
+            except CheckpointError as exc:
+                reasons.append(f"{path}: {exc}")
+                continue
             if reasons:
-                print(f"warning: restoring {path}; skipped {'; '.join(reasons)}", file=sys.stderr, flush=True)
-            return candidate
-        reasons.append(f"{path}: {reason}")
+                print(f"warning: restored {path}; skipped {'; '.join(reasons)}", file=sys.stderr, flush=True)
+            replay = os.path.join(directory, METRICS_FILE)
+            if not os.path.exists(replay):
+                return []
+            with open(replay, encoding="utf-8") as fh:
+                return json.load(fh)
     raise CheckpointError("no intact checkpoint to restore: " + "; ".join(reasons))
 
 
