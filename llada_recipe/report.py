@@ -15,6 +15,7 @@ from mlflow import MlflowClient  # noqa: E402
 
 from llada_core import storage  # noqa: E402
 from pipelines import dag  # noqa: E402
+from pipelines.lineage import format_lineage, lineage, to_graph  # noqa: E402
 from pipelines.run_store import RunStore  # noqa: E402
 
 TRAINING = ("base", "cpt_warmup", "cpt_stable", "cpt_decay", "sft", "cap", "dpo")
@@ -127,11 +128,18 @@ def write_report(store: RunStore, run_id: str, out_dir: str | Path) -> dict:
     """The report into `out_dir` (local or s3://), also logged to the run's MLflow parent."""
     data = collect(store, run_id)
     found = claims(data["eval"])
+    doc = lineage(store, run_id)
     with storage.output_dir(str(out_dir)) as out:
+        (out / "lineage.txt").write_text(format_lineage(doc) + "\n", encoding="utf-8")
+        (out / "lineage.mmd").write_text(to_graph(doc, "mermaid") + "\n", encoding="utf-8")
         _write_files(run_id, data, found, out)
         run = store.run(run_id)
-        if run.get("mlflow_parent_run"):
-            MlflowClient(run["tracking_uri"]).log_artifacts(run["mlflow_parent_run"], str(out), "report")
+        if run.get("mlflow_parent_run"):  # the run's summary, next to the eval metrics the eval node put there
+            client = MlflowClient(run["tracking_uri"])
+            client.log_artifacts(run["mlflow_parent_run"], str(out), "report")
+            for c in found:
+                client.log_metric(run["mlflow_parent_run"], f"claim.{c['claim'].split()[0].lower()}_shown",
+                                  float(c["shown"]))
     return {"claims": found, "report": storage.join(str(out_dir), "report.md"), "data": data}
 
 
@@ -159,7 +167,9 @@ def _write_files(run_id: str, data: dict, found: list[dict], out: Path) -> None:
         loop = n["loop_seconds"]
         lines.append(f"| {name} | {n['state']}{' (cached)' if n['cached'] else ''} | {secs:.1f} | {loop:.1f} | "
                      f"{secs - loop:.1f} | {rss:.0f} |")
-    lines += ["", "![CPT loss and block size](cpt_loss.png)", "", "![SFT / CAP / DPO](post_training.png)", ""]
+    lines += ["", "![CPT loss and block size](cpt_loss.png)", "", "![SFT / CAP / DPO](post_training.png)", "",
+              "## Lineage (`llada lineage RUN_ID` for the text, lineage.txt here)", "", "```mermaid",
+              (out / "lineage.mmd").read_text(encoding="utf-8").rstrip(), "```", ""]
     (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
     (out / "report.json").write_text(json.dumps({"claims": found, "eval": data["eval"],
                                                  "nodes": {k: {kk: vv for kk, vv in v.items() if kk != "history"}

@@ -47,11 +47,14 @@ def add_commands(top, parser_with_examples) -> None:
     p.set_defaults(handler=_cmd_plan)
 
     p = parser_with_examples(top, "lineage", "what produced a run's final artifacts, or a given artifact", [
-        "llada lineage RUN_ID", "llada lineage work/artifacts/RUN_ID/export/hf --json",
+        "llada lineage RUN_ID", "llada lineage work/artifacts/RUN_ID/export/hf --sources",
+        "llada lineage RUN_ID --format mermaid > lineage.mmd", "llada lineage RUN_ID --format dot | dot -Tpng -o l.png",
     ])
     p.add_argument("target", help="a run id, or an artifact URI written by a node")
     p.add_argument("--store", help=store_help)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="everything recorded, every source file included")
+    p.add_argument("--sources", action="store_true", help="list each dataset's source files")
+    p.add_argument("--format", choices=("text", "mermaid", "dot"), default="text", help="mermaid / dot: the graph")
     p.set_defaults(handler=_cmd_lineage)
 
 
@@ -150,7 +153,7 @@ def _cmd_plan(args) -> int:
 
 
 def _cmd_lineage(args) -> int:
-    from pipelines.lineage import find_artifact, format_lineage, lineage
+    from pipelines.lineage import find_artifact, format_lineage, lineage, to_graph
 
     store = _store(args)
     if store.run_exists(args.target):
@@ -158,7 +161,10 @@ def _cmd_lineage(args) -> int:
     else:
         run_id, node = find_artifact(store, args.target)
         doc = lineage(store, run_id, node)
-    print(json.dumps(doc, indent=2, default=str) if args.json else format_lineage(doc))
+    if args.json:
+        print(json.dumps(doc, indent=2, default=str))
+    else:
+        print(format_lineage(doc, args.sources) if args.format == "text" else to_graph(doc, args.format))
     return 0
 
 

@@ -40,6 +40,9 @@ class Stage:
     outputs: tuple[str, ...]
     version: str = "1"
     num_cpus: float = 0.0  # of the node's own Ray task; a launcher's workers reserve their own
+    # checks a config against inputs that already exist (e.g. a dataset's manifest); the engine calls
+    # it before any node runs, for each node that reads no upstream output
+    check: Callable[[BaseModel], None] | None = None
 
 
 @dataclass
@@ -140,6 +143,19 @@ def validate(nodes: list[Node], missing_paths_ok: bool = False) -> list[Node]:
     for node in nodes:
         visit(node.name, [])
     return order
+
+
+def check_inputs(nodes: list[Node]) -> None:
+    """Every node whose inputs exist before the run (no upstream outputs) is checked against them now,
+    so that a mismatch fails the run before the first node, not after hours of upstream work."""
+    for node in nodes:
+        stage = load_stage(node.stage)
+        if stage.check is None or node.refs():
+            continue
+        try:
+            stage.check(stage.config.model_validate(substitute(node.config, lambda ref: PLACEHOLDER + "out")))
+        except (ValueError, OSError) as exc:
+            raise DagError(f"node {node.name!r}: {exc}") from None
 
 
 def descendants(nodes: list[Node], roots: set[str]) -> set[str]:

@@ -14,6 +14,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import ray
 
@@ -40,6 +41,7 @@ class NodeContext:
     train_storage: str  # Ray Train storage_path for training nodes (in the run store)
     tracking_uri: str
     mlflow_run: str
+    parent_run: str | None = None  # the pipeline run's MLflow run
     info: dict = field(default_factory=dict)  # stage facts kept on the node record (e.g. first step)
     progress_queue: object = None  # to the driver's console (pipelines.progress)
     _client: object = None
@@ -77,6 +79,18 @@ class NodeContext:
                  if isinstance(v, int | float) and not isinstance(v, bool)]
         self._tracker().log_batch(self.mlflow_run, metrics=items)
         self._last_step = step
+
+    def log_summary(self, metrics: dict[str, float]) -> None:
+        """Metrics that summarize the whole pipeline run (e.g. each model's eval results), on its
+        parent MLflow run: the experiment's runs table and compare view show them side by side."""
+        from mlflow.entities import Metric
+
+        from pipelines.tracking import metric_name
+
+        ts = int(time.time() * 1000)
+        items = [Metric(metric_name(k), float(v), ts, 0) for k, v in metrics.items()]
+        if self.parent_run and items:
+            self._tracker().log_batch(self.parent_run, metrics=items)
 
 
 
@@ -155,8 +169,21 @@ class Executor:
                 progress.finished(name)
                 self._finish(self.by_name[name], records[name], ready[0])
             self.queue.shutdown()
+            self._log_lineage(parent)
             self.tracker.end(parent, "FAILED" if any(r["state"] == "FAILED" for r in records.values()) else "FINISHED")
             return {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")} for k, v in records.items()}
+
+    def _log_lineage(self, parent: str) -> None:
+        """The run's lineage (text + Mermaid picture) on its parent MLflow run, refreshed after each run."""
+        import tempfile
+
+        from pipelines.lineage import format_lineage, lineage, to_graph
+
+        doc = lineage(self.store, self.run_id)
+        with tempfile.TemporaryDirectory() as tmp:
+            Path(tmp, "lineage.txt").write_text(format_lineage(doc) + "\n", encoding="utf-8")
+            Path(tmp, "lineage.mmd").write_text(to_graph(doc, "mermaid") + "\n", encoding="utf-8")
+            self.tracker.log_artifacts(parent, tmp, "lineage")
 
     # -- one node -------------------------------------------------------------------------------
     def _inputs(self, node: dag.Node, records: dict) -> tuple[dict[str, str], dict[str, str]]:
@@ -207,7 +234,8 @@ class Executor:
         self.tracker.set_tags(mlflow_run, {"llada.state": "RUNNING", "llada.attempts": str(attempts)})
         self.say(f"[{node.name}] running (attempt {attempts})")
         ctx = NodeContext(self.run_id, node.name, key, out_dir, self.store.train_storage(self.run_id),
-                          self.tracker.tracking_uri, mlflow_run, progress_queue=self.queue)
+                          self.tracker.tracking_uri, mlflow_run, parent_run=self.run_doc["mlflow_parent_run"],
+                          progress_queue=self.queue)
         task = ray.remote(_execute_node).options(num_cpus=stage.num_cpus, max_retries=0, name=f"llada:{node.name}")
         rec["_t0"] = time.time()
         return task.remote(node.stage, resolved, ctx)

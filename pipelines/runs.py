@@ -93,6 +93,7 @@ def start(recipe: str, overrides: list[str] = (), run_id: str | None = None, no_
     """Run a recipe: `load(recipe, overrides)` gives its config and nodes (default: a YAML listing its
     nodes; a recipe package such as llada_recipe passes its own loader)."""
     cfg, nodes = load(recipe, list(overrides))
+    dag.check_inputs(nodes)
     where = settings(cfg)
     if from_stage and from_stage not in {n.name for n in nodes}:
         raise dag.DagError(f"--from-stage {from_stage!r}: no such node (nodes: {[n.name for n in nodes]})")

@@ -22,6 +22,8 @@ _SECRET_PATTERNS = [
     re.compile(r"(?i)((?:secret|token|password|passwd|api[_-]?key|access[_-]?key)[\w.-]*\s*[=:]\s*)[^\s,;'\"]+"),
     re.compile(r"(://[^/\s:@]+:)[^@\s/]+(@)"),  # user:password@ in URLs
 ]
+# MLflow 3 opens an experiment in the view this tag names (without it, the GenAI view)
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 _NAME = re.compile(r"[^A-Za-z0-9_\-. /]")
 PARAM_MAX = 6000
 
@@ -60,7 +62,13 @@ class Tracker:
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri)
         exp = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment, artifact_location)
+        if exp is None:
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location,
+                                                               tags=dict([EXPERIMENT_KIND]))
+        else:
+            self.experiment_id = exp.experiment_id
+            if EXPERIMENT_KIND[0] not in exp.tags:  # made by an older version, or by hand
+                self.client.set_experiment_tag(self.experiment_id, *EXPERIMENT_KIND)
 
     def _find(self, tags: dict[str, str]) -> str | None:
         query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())

@@ -75,6 +75,12 @@ def _train(cfg: TrainNodeConfig, ctx, candidates: bool = False) -> dict:
     return outs
 
 
+def _check_train(cfg: TrainNodeConfig) -> None:
+    from llada_core.trainer.ray_launch import preflight
+
+    preflight(cfg.training, cfg.use_gpu)
+
+
 class MergeSettings(StrictModel):
     k: int = Field(3, ge=1)  # average the k best candidates by validation ELBO
     block_size: int = Field(32, ge=1)
@@ -126,6 +132,17 @@ class EvalConfig(EvalSettings):
     out: str
 
 
+def summary_metrics(label: str, r: dict) -> dict[str, float]:
+    """One model's eval results as flat metrics, named alike in every run of every recipe."""
+    flat = {f"{label}.elbo_ppl": r["elbo_ppl"]}
+    if "tasks" in r:
+        flat |= {f"{label}.task_accuracy": r["tasks"]["accuracy"], f"{label}.tpf": r["tasks"]["tpf"],
+                 f"{label}.decode_tokens_per_s": r["tasks"]["tokens_per_s"]}
+    if "preference_accuracy" in r:
+        flat[f"{label}.preference_accuracy"] = r["preference_accuracy"]
+    return flat
+
+
 def _eval(cfg: EvalConfig, ctx) -> dict:
     from llada_core.evaluate import elbo_perplexity, load_model, preference_accuracy, task_accuracy
 
@@ -142,12 +159,8 @@ def _eval(cfg: EvalConfig, ctx) -> dict:
         if label in cfg.preference_models:
             r["preference_accuracy"] = preference_accuracy(model, cfg.dpo, "val", cfg.block_size, cfg.max_rows * 2)
         results[label] = r
-        flat = {f"{label}.elbo_ppl": r["elbo_ppl"]}
-        if "tasks" in r:
-            flat |= {f"{label}.accuracy": r["tasks"]["accuracy"], f"{label}.tpf": r["tasks"]["tpf"]}
-        if "preference_accuracy" in r:
-            flat[f"{label}.preference_accuracy"] = r["preference_accuracy"]
-        ctx.log_metrics(i + 1, flat)
+        ctx.log_metrics(i + 1, summary_metrics(label, r))
+    ctx.log_summary({k: v for label, r in results.items() for k, v in summary_metrics(label, r).items()})
     out = storage.join(cfg.out, "eval.json")
     storage.write_bytes(*storage.resolve(out), json.dumps(results, indent=2).encode())
     return {"results": out}
@@ -185,9 +198,9 @@ def _import_hf(cfg: ImportConfig, ctx) -> dict:
 make_tasks = Stage(_make_tasks, MakeTasksConfig, outputs=("tasks",))
 prepare_pretrain = Stage(_prepare_pretrain, prepare_data.PrepareDataConfig, outputs=("dataset",))
 prepare_instruct_data = Stage(_prepare_instruct, prepare_instruct.PrepareInstructConfig, outputs=("dataset",))
-train = Stage(_train, TrainNodeConfig, outputs=("checkpoint",))
+train = Stage(_train, TrainNodeConfig, outputs=("checkpoint",), check=_check_train)
 train_with_candidates = Stage(lambda cfg, ctx: _train(cfg, ctx, candidates=True), TrainNodeConfig,
-                              outputs=("checkpoint", "candidates"))
+                              outputs=("checkpoint", "candidates"), check=_check_train)
 merge = Stage(_merge, MergeConfig, outputs=("checkpoint",), num_cpus=1)
 evaluate = Stage(_eval, EvalConfig, outputs=("results",), num_cpus=1)
 export_hf = Stage(_export_hf, ExportConfig, outputs=("hf",), num_cpus=1)

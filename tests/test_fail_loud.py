@@ -77,6 +77,21 @@ def test_a_dataset_that_does_not_fit_the_objective_fails_before_any_worker_start
             ray_launch.run_training(cfg, str(tmp_path / "runs"))
 
 
+def test_a_graph_whose_dataset_exists_is_checked_against_it_before_any_node_runs(tmp_path, capsys):
+    import yaml
+    from trainer_fixtures import make_dataset, stage_dict
+
+    data = make_dataset(str(tmp_path))  # a pretraining dataset
+    later = {"name": "later", "stage": "stages.llada:make_tasks", "config": {"out": "${out}", "n": 8}}
+    sft = {"name": "sft", "stage": "stages.llada:train",
+           "config": {"training": stage_dict(data, objective={"kind": "sft"}), "out": "${out}"}}
+    graph = tmp_path / "graph.yaml"
+    graph.write_text(yaml.safe_dump({"name": "g", "workdir": str(tmp_path / "w"), "nodes": [later, sft]}))
+    assert main(["run", str(graph)]) == 2
+    assert "node 'sft': " in (line := error_line(capsys)) and "a 'pretrain' dataset, but objective 'sft'" in line
+    assert not (tmp_path / "w").exists()  # not even the first, independent node ran
+
+
 def test_a_node_whose_driver_died_reads_interrupted(tmp_path, capsys):
     from pipelines.run_store import STALE_LOCK_S, RunStore
 
@@ -118,6 +133,32 @@ def test_a_worker_group_that_cannot_be_scheduled_fails_at_once_naming_both_sides
                                  (4096.0, "4 workers x CPU 4096 each")):
         with pytest.raises(ClusterError, match=fragment.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
             ray_launch.run_training(cfg, str(tmp_path / "runs"), cpus_per_worker=world_cpus, progress=False)
+
+
+@pytest.mark.slow  # a local Ray cluster
+def test_a_worker_group_on_a_busy_cluster_fails_after_the_wait_not_never(ray_local, tmp_path, monkeypatch):
+    import ray
+    from trainer_fixtures import make_dataset, stage_dict
+
+    from llada_core.cluster import ClusterError
+    from llada_core.trainer import ray_launch
+    from llada_core.trainer.config import TrainingConfig
+
+    @ray.remote(num_cpus=ray.cluster_resources()["CPU"])
+    class Hog:  # another job holding every CPU: the cluster is big enough, but busy
+        def ready(self):
+            return True
+
+    hog = Hog.remote()
+    ray.get(hog.ready.remote())
+    monkeypatch.setattr(ray_launch, "MIN_PLACEMENT_WAIT_S", 2.0)  # Ray Train's 60 s, shortened for the test
+    cfg = TrainingConfig.model_validate(stage_dict(make_dataset(str(tmp_path)), layout={"world_size": 1}))
+    try:
+        with pytest.raises(ClusterError, match=r"not scheduled within 2.0 s \(1 attempt\(s\)\): 1 workers x CPU 1 "
+                                               r"each, the cluster has CPU 0 free now"):
+            ray_launch.run_training(cfg, str(tmp_path / "runs"), progress=False)
+    finally:
+        ray.kill(hog)
 
 
 def test_a_corrupted_consolidated_checkpoint_is_named_before_export(tmp_path, capsys):

@@ -144,6 +144,19 @@ def test_recipe_on_two_nodes_with_separate_disks_and_s3_only(cluster, tmp_path, 
     assert [m.step for m in client.get_metric_history(sft.info.run_id, "loss")] == [1, 2]
     ev = next(r for r in children if r.data.tags["llada.node"] == "eval")
     assert [a.path for a in client.list_artifacts(ev.info.run_id, "outputs")] == ["outputs/results"]
+    # the experiment opens in MLflow's training view; the parent run carries the summary and the lineage
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    (parent,) = client.search_runs([exp.experiment_id], "tags.`llada.run_id` = 'two-node-1' and "
+                                                        "tags.`llada.kind` = 'pipeline'")
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+    results = json.loads(boto3.client("s3", endpoint_url=cluster["aws"]["AWS_ENDPOINT_URL"]).get_object(
+        Bucket="llada", Key="artifacts/two-node-1/eval/eval.json")["Body"].read())
+    assert parent.data.metrics["sft.task_accuracy"] == results["sft"]["tasks"]["accuracy"]
+    assert parent.data.metrics["cap.tpf"] == results["cap"]["tasks"]["tpf"]
+    assert parent.data.metrics["dpo.preference_accuracy"] == results["dpo"]["preference_accuracy"]
+    assert {f"{m}.elbo_ppl" for m in results} <= set(parent.data.metrics)
+    assert [a.path for a in client.list_artifacts(parent.info.run_id, "lineage")] == [
+        "lineage/lineage.mmd", "lineage/lineage.txt"]
 
     s3 = boto3.client("s3", endpoint_url=cluster["aws"]["AWS_ENDPOINT_URL"])
     pages = s3.get_paginator("list_objects_v2").paginate(Bucket="llada")

@@ -81,7 +81,9 @@ class LaunchConfig(StrictModel):
     max_failures: int = Field(2, ge=0)  # worker-group restarts from the latest registered checkpoint
     cpus_per_worker: float = Field(1.0, gt=0)
     use_gpu: bool = False
-    wait_for_resources_s: float = Field(0.0, ge=0)  # for nodes to appear (autoscaling) before the group fails
+    # for nodes to appear (autoscaling), and (at least 60 s) for resources other jobs hold to free up,
+    # before the node fails naming what it asked for
+    wait_for_resources_s: float = Field(0.0, ge=0)
 
 
 def check_dataset(cfg: TrainingConfig, manifest: dict) -> None:

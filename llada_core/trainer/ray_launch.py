@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import ray
 import ray.train
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, ControllerError, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from ray.util.queue import Queue
 
@@ -34,6 +34,7 @@ from llada_core.config import canonical_json
 from llada_core.trainer.config import TrainingConfig
 
 METRICS_FILE, METRICS_REPLAY = "metrics_replay.json", 1000
+START_TIMEOUT_ENV, MIN_PLACEMENT_WAIT_S = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", 60.0  # Ray Train's default
 
 
 def _worker_loop(config: dict) -> None:
@@ -185,6 +186,8 @@ def run_training(cfg: TrainingConfig, storage_path: str, max_failures: int = 0, 
                                 daemon=True)
     if queue is not None:
         consumer.start()
+    # Ray Train waits this long for the group's placement, then retries (for ever by default)
+    os.environ[START_TIMEOUT_ENV] = str(max(wait_for_resources_s, MIN_PLACEMENT_WAIT_S))
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config={"training": canonical_json(cfg), "on_step": on_step, "export": export,
@@ -196,12 +199,24 @@ def run_training(cfg: TrainingConfig, storage_path: str, max_failures: int = 0, 
             storage_path=storage.resolve(storage_path)[1] if storage.is_s3(storage_path) else storage_path,
             # S3 through the project's filesystem: same endpoint / credential handling as the data stage
             storage_filesystem=storage.s3_filesystem() if storage.is_s3(storage_path) else None,
-            failure_config=FailureConfig(max_failures=max_failures),
+            failure_config=FailureConfig(max_failures=max_failures, controller_failure_limit=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
         ),
     )
     try:
         return trainer.fit()
+    except ControllerError as exc:
+        # by name: the class lives in Ray Train's internals
+        if type(exc.controller_failure).__name__ == "WorkerGroupStartupTimeoutError":
+            free = ray.available_resources()
+            gpus = f" / GPU {free.get('GPU', 0.0):g}" if use_gpu else ""
+            raise ClusterError(
+                f"the worker group was not scheduled within {os.environ[START_TIMEOUT_ENV]} s "
+                f"({max_failures + 1} attempt(s)): {cfg.layout.world_size} workers x CPU {cpus_per_worker:g}"
+                f"{' + GPU 1' if use_gpu else ''} each, the cluster has CPU {free.get('CPU', 0.0):g}{gpus} "
+                "free now (other jobs hold the rest); "
+                "raise training.wait_for_resources_s or free the cluster") from None
+        raise
     finally:
         done.set()
         if consumer.is_alive():
