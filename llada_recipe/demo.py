@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import time
 
+from mlflow import MlflowClient
+
 from llada_recipe.build import start
 from llada_recipe.report import write_report
 from pipelines.run_store import RunStore
@@ -22,7 +24,8 @@ def run_demo(recipe: str = "tiny-cpu", overrides: list[str] = (), say=print) -> 
     out = store.node_output(run_id, "report")
     report = write_report(store, run_id, out) if "eval" in records and records["eval"]["state"] != "FAILED" else None
     return {"run_id": run_id, "store": store_root, "records": records, "report": report,
-            "seconds": time.perf_counter() - t0, "tracking_uri": doc["tracking_uri"], "experiment": doc["experiment"]}
+            "seconds": time.perf_counter() - t0, "tracking_uri": doc["tracking_uri"], "experiment": doc["experiment"],
+            "experiment_id": MlflowClient(doc["tracking_uri"]).get_experiment_by_name(doc["experiment"]).experiment_id}
 
 
 def format_summary(result: dict) -> str:
@@ -37,5 +40,7 @@ def format_summary(result: dict) -> str:
         lines += ["", f"report:  {report['report']}"]
     lines += [f"status:  llada status {result['run_id']} --store {result['store']}",
               f"lineage: llada lineage {result['run_id']} --store {result['store']}",
-              f"MLflow:  mlflow ui --backend-store-uri {result['tracking_uri']}  (experiment {result['experiment']})"]
+              f"MLflow:  mlflow ui --backend-store-uri {result['tracking_uri']}, then open "
+              f"http://127.0.0.1:5000/#/experiments/{result['experiment_id']}?workflowType=machine_learning "
+              f"(experiment {result['experiment']}; the link opens the runs table, not the GenAI overview)"]
     return "\n".join(lines)

@@ -128,7 +128,7 @@ def format_lineage(doc: dict, sources: bool = False) -> str:
         lines.append(f"{name:<{width}}  {n['stage'].rsplit(':', 1)[-1]:<21} {n['state']}{cached}  "
                      f"config {n['config_hash'][:10]}  key {str(n['cache_key'])[:10]}  "
                      f"code {str(code.get('git_sha'))[:10]}{'+dirty' if code.get('git_dirty') else ''}  "
-                     f"mlflow {n['mlflow_run_id']}  <- {inputs}")
+                     f"mlflow {str(n['mlflow_run_id'])[:12]}  <- {inputs}")
     for name in order:
         for ds in doc["nodes"][name]["datasets"]:
             uris = [str(s["uri"]) for s in ds["sources"]]
