@@ -18,7 +18,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor
 
 from llada_core import storage
@@ -94,28 +95,57 @@ def read_checkpoint_header(path: str | Path) -> tuple[ModelConfig, dict]:
     return cfg, json.loads(storage.read_bytes(fs, f"{base}/meta.json"))
 
 
+class CheckpointReader:
+    """A consolidated checkpoint, verified (every part's sha256, every tensor's name and shape, the
+    tokenizer) before anything is read, then read tensor by tensor or slice by slice: safetensors
+    memory-maps the parts, so a process holds only what it asks for."""
+
+    def __init__(self, path: str | Path):
+        self.cfg, self.meta = read_checkpoint_header(path)
+        self.path = storage.local_copy(path, committed=True)
+        index = json.loads((self.path / "weights" / "index.json").read_text())
+        for file, want in self.meta.get("weights_sha256", {}).items():
+            part = self.path / "weights" / file
+            if not part.is_file() or storage.file_sha256(part) != want:
+                raise CheckpointError(f"{part}: missing or corrupted (sha256 differs from meta.json)")
+        weights = self.path / "weights"
+        self._files = {f: safe_open(str(weights / f), framework="pt") for f in sorted(set(index.values()))}
+        self._where = {name: self._files[f] for name, f in index.items()}
+        expected = expected_shapes(self.cfg)
+        for name, handle in self._where.items():
+            check_shapes(expected, name, _Shape(handle.get_slice(name).get_shape()))
+        missing = sorted(set(expected) - set(self._where))
+        if missing:
+            raise CheckpointError(f"{self.path}: missing tensor(s) {missing[:5]}")
+        self.tok = load_tokenizer(self.path / "tokenizer")
+        if self.meta.get("tokenizer_digest") != self.tok.digest:
+            raise CheckpointError(f"{self.path}: tokenizer digest {self.tok.digest[:12]} does not match meta.json")
+        if self.tok.vocab_size > self.cfg.vocab_size:
+            raise CheckpointError(f"{self.path}: tokenizer has {self.tok.vocab_size} tokens but "
+                                  f"vocab_size={self.cfg.vocab_size}")
+
+    def names(self) -> list[str]:
+        return list(self._where)
+
+    def tensor(self, name: str) -> Tensor:
+        return self._where[name].get_tensor(name)
+
+    def slice(self, name: str):
+        """safetensors' lazy slice: `[a:b]`, `[:, a:b]` read only those rows / columns."""
+        return self._where[name].get_slice(name)
+
+
+class _Shape:
+    """What check_shapes needs of a tensor, without reading it."""
+
+    def __init__(self, shape):
+        self.shape = tuple(shape)
+
+
 def load_checkpoint(path: str | Path) -> tuple[ModelConfig, dict[str, Tensor], LladaTokenizer, dict]:
-    cfg, meta = read_checkpoint_header(path)
-    path = storage.local_copy(path, committed=True)
-    index = json.loads((path / "weights" / "index.json").read_text())
-    state: dict[str, Tensor] = {}
-    for file, want in meta.get("weights_sha256", {}).items():  # verified before anything is loaded
-        if not (path / "weights" / file).is_file() or storage.file_sha256(path / "weights" / file) != want:
-            raise CheckpointError(f"{path}/weights/{file}: missing or corrupted (sha256 differs from meta.json)")
-    for file in sorted(set(index.values())):
-        state |= load_file(str(path / "weights" / file))
-    expected = expected_shapes(cfg)
-    for name, tensor in state.items():
-        check_shapes(expected, name, tensor)
-    missing = sorted(set(expected) - set(state))
-    if missing:
-        raise CheckpointError(f"{path}: missing tensor(s) {missing[:5]}")
-    tok = load_tokenizer(path / "tokenizer")
-    if meta.get("tokenizer_digest") != tok.digest:
-        raise CheckpointError(f"{path}: tokenizer digest {tok.digest[:12]} does not match meta.json")
-    if tok.vocab_size > cfg.vocab_size:
-        raise CheckpointError(f"{path}: tokenizer has {tok.vocab_size} tokens but vocab_size={cfg.vocab_size}")
-    return cfg, state, tok, meta
+    """The whole checkpoint in memory (eval / decoding of one model; streaming readers use CheckpointReader)."""
+    reader = CheckpointReader(path)
+    return reader.cfg, {name: reader.tensor(name) for name in reader.names()}, reader.tok, reader.meta
 
 
 def load_into(model, state: dict[str, Tensor]) -> None:

@@ -16,11 +16,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from llada_core import storage
-from llada_core.checkpoint import load_checkpoint, save_checkpoint
+from llada_core.checkpoint import SHARD_BYTES, CheckpointReader, save_checkpoint
 from llada_core.data.tokenizer import load_tokenizer
 from llada_core.model.config import pad_vocab
 from llada_core.model.hf_config import CheckpointError, from_hf_config, to_hf_config
-from llada_core.model.hf_io import P, hf_to_megatron, megatron_to_hf
+from llada_core.model.hf_io import P, hf_to_megatron, megatron_to_hf_stream
 from llada_core.version import code_version
 
 GROWN = (f"{P}embedding.word_embeddings.weight", f"{P}output_layer.weight")
@@ -42,7 +42,10 @@ def _open_safetensors(path: Path, source: str):
         raise CheckpointError(f"{source}/{path.name}: not a readable safetensors file ({exc})") from None
 
 
-def import_hf(hf_dir: str | Path, out: str | Path, add_mask_token: str | None = None) -> dict:
+def import_hf(hf_dir: str | Path, out: str | Path, add_mask_token: str | None = None,
+              dtype: torch.dtype | None = None) -> dict:
+    """Streamed (one HF tensor and one output part in memory at a time), in the source's own dtype
+    unless `dtype` is given (bf16 stays bf16: the training model casts on load)."""
     source = str(hf_dir) if storage.is_s3(str(hf_dir)) else str(Path(hf_dir).resolve())
     try:
         hf_dir = storage.local_copy(hf_dir)  # an s3:// checkpoint is fetched into the node-local cache
@@ -71,7 +74,7 @@ def import_hf(hf_dir: str | Path, out: str | Path, add_mask_token: str | None = 
         for name, tensor in hf_to_megatron(lambda n: where[n].get_tensor(n), set(where), cfg, hf_cfg["model_type"]):
             if name in GROWN and grown > tensor.shape[0]:
                 tensor = torch.cat([tensor, tensor.new_zeros(grown - tensor.shape[0], tensor.shape[1])])
-            yield name, tensor.float()
+            yield name, tensor if dtype is None else tensor.to(dtype)
 
     meta = {
         "source": source, "source_model_type": hf_cfg["model_type"],
@@ -83,16 +86,49 @@ def import_hf(hf_dir: str | Path, out: str | Path, add_mask_token: str | None = 
     return meta
 
 
-def export_hf(ckpt: str | Path, out: str | Path) -> dict:
+def _write_hf_shards(tensors, directory: Path, max_bytes: int) -> list[str]:
+    """HF's sharded safetensors layout, one part in memory at a time: a single `model.safetensors`,
+    or `model-0000i-of-0000N.safetensors` + `model.safetensors.index.json` (what transformers loads)."""
+    parts, part, size, weight_map, total = [], {}, 0, {}, 0
+
+    def flush():
+        nonlocal part, size
+        if part:
+            name = f"part-{len(parts):05d}"
+            save_file(part, str(directory / name), metadata={"format": "pt"})
+            weight_map.update(dict.fromkeys(part, name))
+            parts.append(name)
+            part, size = {}, 0
+
+    for name, tensor in tensors:
+        if part and size + tensor.numel() * tensor.element_size() > max_bytes:
+            flush()
+        part[name] = tensor
+        size += tensor.numel() * tensor.element_size()
+        total += tensor.numel() * tensor.element_size()
+    flush()
+    if len(parts) == 1:
+        (directory / parts[0]).rename(directory / "model.safetensors")
+        return ["model.safetensors"]
+    final = {p: f"model-{i + 1:05d}-of-{len(parts):05d}.safetensors" for i, p in enumerate(parts)}
+    for old, new in final.items():
+        (directory / old).rename(directory / new)
+    index = {"metadata": {"total_size": total}, "weight_map": {k: final[v] for k, v in sorted(weight_map.items())}}
+    (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    return list(final.values())
+
+
+def export_hf(ckpt: str | Path, out: str | Path, max_shard_bytes: int = SHARD_BYTES) -> dict:
+    """Streamed: one of our tensors and one output part in memory at a time."""
     out = str(out)
     if storage.artifact_exists(out):
         raise CheckpointError(f"{out} exists; refusing to overwrite")
-    cfg, state, tok, meta = load_checkpoint(ckpt)
+    reader = CheckpointReader(ckpt)
+    cfg, tok = reader.cfg, reader.tok
     hf_cfg = to_hf_config(cfg) | {"bos_token_id": tok.id_of("bos"), "eos_token_id": tok.id_of("eos"),
                                   "pad_token_id": tok.id_of("pad"), "mask_token_id": tok.id_of("mask")}
     with storage.output_dir(out, replace=False) as tmp:
-        save_file(megatron_to_hf(state, cfg, hf_cfg["model_type"]), str(tmp / "model.safetensors"),
-                  metadata={"format": "pt"})
+        _write_hf_shards(megatron_to_hf_stream(reader.tensor, cfg, hf_cfg["model_type"]), tmp, max_shard_bytes)
         (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2, sort_keys=True))
         tok.save(tmp)
     return hf_cfg

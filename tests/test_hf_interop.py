@@ -109,6 +109,30 @@ def test_export_reimport_is_bit_exact_and_transformers_loads_it(megatron_ready, 
         assert (reloaded(ids).logits - our_logits(tmp_path / "ckpt", ids)).abs().max().item() <= 1e-4
 
 
+def test_streamed_export_in_parts_equals_the_whole_model_export(megatron_ready, tmp_path):
+    """Export streams our tensors into HF's sharded layout: the same tensors, bit for bit, as the
+    one-file export of the whole state in memory (the previous path), and transformers loads it."""
+    from transformers import AutoModelForCausalLM
+
+    from llada_core.model.hf_io import megatron_to_hf
+
+    make_hf("qwen3_moe", tmp_path / "hf")
+    import_hf(tmp_path / "hf", tmp_path / "ckpt", add_mask_token="<|mask|>")
+    export_hf(tmp_path / "ckpt", tmp_path / "parts", max_shard_bytes=20_000)
+    index = json.loads((tmp_path / "parts" / "model.safetensors.index.json").read_text())
+    files = sorted(set(index["weight_map"].values()))
+    assert len(files) > 3 and not (tmp_path / "parts" / "model.safetensors").exists()
+    streamed = {k: v for f in files for k, v in load_file(tmp_path / "parts" / f).items()}
+    cfg, state, _, _ = load_checkpoint(tmp_path / "ckpt")
+    whole = megatron_to_hf(state, cfg, "qwen3_moe")
+    assert streamed.keys() == whole.keys() == index["weight_map"].keys()
+    assert all(torch.equal(streamed[k], whole[k]) for k in whole)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "parts").eval()
+    ids = torch.randint(0, 96, (1, 16), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert (reloaded(ids).logits - our_logits(tmp_path / "ckpt", ids)).abs().max().item() <= 1e-4
+
+
 def test_expected_shapes_match_the_built_model(megatron_ready):
     from llada_core.model.build import LladaModel
     from llada_core.model.config import load_preset

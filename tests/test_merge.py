@@ -44,3 +44,20 @@ def test_merge_refuses_mismatched_models(checkpoints, tmp_path):
     odd = save_checkpoint(tmp_path / "odd", cfg, state.items(), tok, {})
     with pytest.raises(CheckpointError, match="differs"):
         merge_top_k({**checkpoints, str(odd): 0.5}, tmp_path / "m", k=2)
+
+
+def test_streamed_merge_equals_an_in_memory_average(tmp_path):
+    tok = train_bpe(iter(["merge test text"] * 5), 280)
+    cfg = load_preset("tiny", [f"vocab_size={tok.vocab_size}", "num_layers=2"])
+    g = torch.Generator().manual_seed(3)
+    states = [{n: torch.randn(s, generator=g) for n, s in expected_shapes(cfg).items()} for _ in range(3)]
+    paths = {str(save_checkpoint(tmp_path / f"r{i}", cfg, st.items(), tok, {})): float(i)
+             for i, st in enumerate(states)}
+    merge_top_k(paths, tmp_path / "merged", k=3)
+    _, merged, _, _ = load_checkpoint(tmp_path / "merged")
+    for name in merged:  # the oracle: all three in memory, averaged at once
+        stacked = torch.stack([st[name] for st in states])
+        assert merged[name].dtype == torch.float32
+        assert torch.equal(merged[name], stacked.double().mean(0).float())  # the exact mean, rounded once
+        scale = stacked.abs().amax(0)  # an fp32 average is off by a few roundings of its inputs' size
+        assert ((merged[name] - stacked.mean(0)).abs() <= 4 * 1.2e-7 * scale).all()

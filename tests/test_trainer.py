@@ -74,8 +74,16 @@ def test_checkpoint_saved_under_a_layout_resumes_under_one_rank(reference, tmp_p
     resumed = spawn(1, stage, tmp_path, mode="resume")  # step 3 of the 1-rank reference, from step 2's checkpoint
     assert len(resumed) == 1 and resumed[0]["samples"] == ref[2]["samples"]
     assert resumed[0]["loss"] == pytest.approx(ref[2]["loss"], abs=1e-5)
+    # streamed from the sharded checkpoint in one process == gathered from the ranks, bit for bit
+    from safetensors.torch import load_file
+
+    from llada_core.consolidate import consolidated_tensors
+
+    streamed = dict(consolidated_tensors(tmp_path / "ckpt-in"))
+    gathered = load_file(tmp_path / "gathered-saved.safetensors")
+    assert streamed.keys() == gathered.keys() and all(torch.equal(streamed[k], gathered[k]) for k in gathered), layout
     # the sharded checkpoint loaded under 1 rank gives the same logits as the model that saved it
-    saved, loaded = (logits_of(tmp_path / name) for name in ("consolidated-saved", "consolidated-loaded"))
+    saved, loaded = (logits_of(consolidated(tmp_path / name, stage)) for name in ("ckpt-in", "ckpt-loaded"))
     assert torch.equal(saved, loaded), (layout, (saved - loaded).abs().max())
 
 
@@ -91,6 +99,16 @@ def test_pipeline_parallel_instruction_objectives_match_one_rank(data, init_ckpt
     for step, (a, b) in enumerate(zip(ref, got, strict=True)):
         assert b["loss"] == pytest.approx(a["loss"], abs=1e-5), step
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4), step
+
+
+def consolidated(directory, stage: dict) -> str:
+    """A training checkpoint of the init checkpoint's model, consolidated (streamed)."""
+    from llada_core.checkpoint import read_checkpoint_header
+    from llada_core.consolidate import consolidate
+    from llada_core.data.tokenizer import load_tokenizer
+
+    cfg, _ = read_checkpoint_header(stage["init_checkpoint"])
+    return consolidate(directory, f"{directory}-consolidated", cfg, load_tokenizer(f"{stage['data']}/tokenizer"), {})
 
 
 def logits_of(path) -> torch.Tensor:

@@ -40,9 +40,14 @@ def test_sft_and_cap_train(datasets, tmp_path, objective):
 
 
 def test_dpo_with_frozen_reference_and_consolidated_handoff(datasets, tmp_path):
+    from llada_core.consolidate import consolidate
+    from llada_core.data.tokenizer import load_tokenizer
+
     pretrain, sft, dpo = datasets
     trainer, _ = run(stage_dict(sft, name="sft", objective="sft", steps=2), tmp_path / "a")
-    trainer.save_consolidated(tmp_path / "sft-final", f"{pretrain}/tokenizer")
+    trainer.save(tmp_path / "sft-sharded")  # the hand-off: streamed into one consolidated checkpoint
+    consolidate(tmp_path / "sft-sharded", str(tmp_path / "sft-final"), trainer.model.cfg,
+                load_tokenizer(f"{pretrain}/tokenizer"), {})
     stage = stage_dict(dpo, name="dpo", objective={"kind": "dpo", "block_size": 8, "beta": 0.1}, steps=2,
                        init_checkpoint=str(tmp_path / "sft-final"), reference_checkpoint=str(tmp_path / "sft-final"))
     stage.pop("model_overrides", None)

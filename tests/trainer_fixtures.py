@@ -51,19 +51,35 @@ def run_worker(rank: int, world: int, port: int, stage: dict, out: str, mode: st
     from llada_core.trainer.loop import Trainer, local_checkpoints
 
     trainer = Trainer(TrainingConfig.model_validate(stage))
-    tokenizer = os.path.join(stage["data"], "tokenizer")
-    if mode == "resume":  # then the loaded (resharded) weights, gathered into one consolidated checkpoint
+    if mode == "resume":  # then the loaded (resharded) weights, saved again under this layout
         trainer.load(os.path.join(out, "ckpt-in"))
-        trainer.save_consolidated(os.path.join(out, "consolidated-loaded"), tokenizer)
+        trainer.save(os.path.join(out, "ckpt-loaded"))
     history = trainer.run(local_checkpoints(os.path.join(out, f"ckpt-{world}-{rank}")))
     if mode == "save":
         trainer.save(os.path.join(out, "ckpt-out"))
-        trainer.save_consolidated(os.path.join(out, "consolidated-saved"), tokenizer)
+        gathered_oracle(trainer, os.path.join(out, "gathered-saved.safetensors"))
     if rank == 0:
         with open(os.path.join(out, f"history-{mode}.json"), "w") as fh:
             json.dump(history, fh)
     dist.barrier()
     dist.destroy_process_group()
+
+
+def gathered_oracle(trainer, path: str) -> None:
+    """The pre-streaming consolidation, kept as the tests' oracle: every rank's shard gathered into
+    rank 0's memory and joined by the resharding rules (llada_core.parallel.reshard)."""
+    import torch.distributed as dist
+    from safetensors.torch import save_file
+
+    from llada_core.model.hf_io import expected_shapes
+    from llada_core.parallel.reshard import current_coords, unshard_state
+
+    local = {k: v.detach().cpu() for k, v in trainer.model.state_dict().items() if not k.endswith("_extra_state")}
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, (current_coords(), local))
+    if dist.get_rank() == 0:
+        full = unshard_state(dict(gathered), trainer.model.cfg, list(expected_shapes(trainer.model.cfg)))
+        save_file({k: v.contiguous() for k, v in full.items()}, path)
 
 
 def make_instruct_dataset(root: str, kind: str, pretrain: str, n: int = 24) -> str:

@@ -127,13 +127,18 @@ def hf_to_megatron(get, names: set[str], cfg: ModelConfig, arch: str) -> Iterato
         raise CheckpointError(f"unexpected tensors in the HF checkpoint (not mapped): {sorted(left)[:5]}")
 
 
-def megatron_to_hf(sd: dict[str, Tensor], cfg: ModelConfig, arch: str) -> dict[str, Tensor]:
-    out = {}
+def megatron_to_hf_stream(get, cfg: ModelConfig, arch: str) -> Iterator[tuple[str, Tensor]]:
+    """(HF name, tensor), one of our tensors `get(name)` at a time, in layer order."""
     for ours in expected_shapes(cfg):
-        hf, tensor = hf_name(ours, arch), sd[ours]
+        hf, tensor = hf_name(ours, arch), get(ours)
         if _is_qkv(ours):
             q, k, v = qkv_from_megatron(tensor, cfg)
-            out |= {hf: torch.cat([q, k, v])} if isinstance(hf, str) else dict(zip(hf, (q, k, v), strict=True))
+            pairs = [(hf, torch.cat([q, k, v]))] if isinstance(hf, str) else zip(hf, (q, k, v), strict=True)
         else:
-            out |= {hf: tensor} if isinstance(hf, str) else dict(zip(hf, tensor.chunk(len(hf)), strict=True))
-    return {k: v.contiguous() for k, v in out.items()}
+            pairs = [(hf, tensor)] if isinstance(hf, str) else zip(hf, tensor.chunk(len(hf)), strict=True)
+        for name, t in pairs:
+            yield name, t.contiguous()
+
+
+def megatron_to_hf(sd: dict[str, Tensor], cfg: ModelConfig, arch: str) -> dict[str, Tensor]:
+    return dict(megatron_to_hf_stream(sd.__getitem__, cfg, arch))

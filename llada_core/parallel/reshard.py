@@ -104,6 +104,37 @@ def shard_state(full: dict[str, Tensor], cfg: ModelConfig, c: RankCoords) -> dic
     return out
 
 
+def _part(n: int, rank: int, size: int) -> slice:
+    step = n // size  # layouts divide exactly (ParallelLayout.check_model)
+    return slice(rank * step, (rank + 1) * step)
+
+
+def read_shard(get_slice, names: list[str], cfg: ModelConfig, c: RankCoords) -> dict[str, Tensor]:
+    """shard_state without the consolidated state in memory: `get_slice(name)` is a lazy tensor
+    (safetensors' slice: indexing reads only those rows / columns), so a rank reads just its shard."""
+    out = {}
+    for name in names:
+        local = shard_name(name, cfg, c)
+        if local is None:
+            continue
+        dim, gated = _rule(name)
+        expert = ".experts." in name
+        rank, size = (c.etp, c.etp_size) if expert else (c.tp, c.tp_size)
+        if name.endswith("word_embeddings.weight") or name.endswith("output_layer.weight"):
+            dim = 0
+        lazy = get_slice(name)
+        shape = lazy.get_shape()
+        if dim is None or size == 1:
+            out[local] = lazy[:]
+        elif gated:  # [gate ; up]: this rank's rows of each half
+            half, rows = shape[0] // 2, _part(shape[0] // 2, rank, size)
+            out[local] = torch.cat([lazy[rows], lazy[rows.start + half:rows.stop + half]])
+        else:
+            cut = _part(shape[dim], rank, size)
+            out[local] = lazy[cut] if dim == 0 else lazy[:, cut]
+    return out
+
+
 def unshard_state(shards: dict[RankCoords, dict[str, Tensor]], cfg: ModelConfig, names: list[str]) -> dict[str, Tensor]:
     """Rebuild consolidated tensors `names` from every rank's shard (e.g. gathered gradients)."""
     out = {}

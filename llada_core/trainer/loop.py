@@ -28,14 +28,12 @@ from megatron.core import dist_checkpointing
 from megatron.core import parallel_state as ps
 from megatron.core.distributed import finalize_model_grads
 
-from llada_core.checkpoint import load_checkpoint, load_into, save_checkpoint
-from llada_core.data.tokenizer import load_tokenizer
+from llada_core.checkpoint import CheckpointReader, load_into
 from llada_core.model.build import LladaModel
 from llada_core.model.hf_config import CheckpointError
-from llada_core.model.hf_io import expected_shapes
 from llada_core.objectives.base import StepContext
 from llada_core.objectives.registry import build_objective
-from llada_core.parallel.reshard import current_coords, shard_state, unshard_state
+from llada_core.parallel.reshard import current_coords, read_shard
 from llada_core.parallel.setup import init_parallel
 from llada_core.trainer import optim
 from llada_core.trainer.config import TrainingConfig, resolve_model_config, training_dtype
@@ -45,12 +43,12 @@ from llada_core.trainer.digests import problem, write_digest
 STATE_FILE = "trainer_state.json"
 
 
-def _load_sharded(model: LladaModel, path: str, checkpoint: tuple) -> None:
-    """This rank's shard of a loaded consolidated checkpoint into the model."""
-    ckpt_cfg, full, _, _ = checkpoint
-    if ckpt_cfg != model.cfg:
+def _load_sharded(model: LladaModel, path: str) -> None:
+    """This rank's shard of a consolidated checkpoint into the model, reading only that shard."""
+    reader = CheckpointReader(path)
+    if reader.cfg != model.cfg:
         raise CheckpointError(f"{path}: its model config differs from the stage's model")
-    load_into(model, shard_state(full, ckpt_cfg, current_coords()))
+    load_into(model, read_shard(reader.slice, reader.names(), reader.cfg, current_coords()))
 
 
 class Trainer:
@@ -64,15 +62,12 @@ class Trainer:
         model_cfg = resolve_model_config(cfg, self.stream.manifest)
         dtype = training_dtype(cfg)
         self.model = LladaModel(model_cfg, cfg.layout, dtype=dtype)
-        init = load_checkpoint(cfg.init_checkpoint) if cfg.init_checkpoint else None
-        if init:
-            _load_sharded(self.model, cfg.init_checkpoint, init)
+        if cfg.init_checkpoint:
+            _load_sharded(self.model, cfg.init_checkpoint)
         self.reference = None
-        if self.objective.needs_reference:  # DPO: usually the same checkpoint as init, read once
+        if self.objective.needs_reference:  # DPO
             self.reference = LladaModel(model_cfg, cfg.layout, dtype=dtype).eval().requires_grad_(False)
-            same = cfg.reference_checkpoint == cfg.init_checkpoint
-            _load_sharded(self.reference, cfg.reference_checkpoint,
-                          init if same else load_checkpoint(cfg.reference_checkpoint))
+            _load_sharded(self.reference, cfg.reference_checkpoint)
         self.ddp, self.opt = optim.build_ddp_and_optimizer(self.model, cfg.optim, bf16=dtype == torch.bfloat16)
         self.dp_rank = ps.get_data_parallel_rank()
         self.plan = BatchPlan(cfg.micro_batch, cfg.grad_accum, ps.get_data_parallel_world_size())
@@ -232,18 +227,6 @@ class Trainer:
         self.model.gpt.load_state_dict(loaded["model"], strict=True)
         optim.restore_optimizer_step(self.opt, loaded["optimizer"]["step"])
         self.step = int(state["step"])
-
-    def save_consolidated(self, out: str | Path, tokenizer_dir: str | Path) -> None:
-        """Gather every rank's shard and write one consolidated checkpoint (for the next stage / HF
-        export). Gathers through rank 0's memory: meant for models that fit one host."""
-        local = {k: v.detach().cpu() for k, v in self.model.state_dict().items() if not k.endswith("_extra_state")}
-        gathered = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, (current_coords(), local))
-        if dist.get_rank() == 0:
-            full = unshard_state(dict(gathered), self.model.cfg, list(expected_shapes(self.model.cfg)))
-            save_checkpoint(out, self.model.cfg, full.items(), load_tokenizer(tokenizer_dir),
-                            {"stage": self.cfg.name, "step": self.step})
-        dist.barrier()
 
     # -- the stage -----------------------------------------------------------------------------
     def checkpoint_due(self) -> bool:

@@ -21,6 +21,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 
 import ray
 import ray.train
@@ -32,6 +33,7 @@ from llada_core import storage
 from llada_core.cluster import ClusterError, ensure_ray
 from llada_core.config import canonical_json
 from llada_core.trainer.config import TrainingConfig
+from llada_core.trainer.digests import problem
 
 METRICS_FILE, METRICS_REPLAY = "metrics_replay.json", 1000
 START_TIMEOUT_ENV, MIN_PLACEMENT_WAIT_S = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", 60.0  # Ray Train's default
@@ -54,8 +56,6 @@ def _worker_loop(config: dict) -> None:
     def save(trainer: Trainer, metrics: dict) -> None:
         local = tempfile.mkdtemp(prefix=f"llada-ckpt-{rank}-")
         trainer.save_shards(local, extra={METRICS_FILE: json.dumps(list(recent))} if rank == 0 else None)
-        if config.get("candidates"):  # consolidated copies for the top-k merge (redone steps: same weights)
-            _export(trainer, os.path.join(config["candidates"], f"step-{trainer.step:07d}"))
         # report() only with checkpoints: each report waits for the controller's next poll
         # (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s), which per step would cap a tiny model at 0.5 steps/s
         # (a synchronous upload into storage_path; the local copy is removed after it, not left per rank)
@@ -68,8 +68,6 @@ def _worker_loop(config: dict) -> None:
             config["on_step"](trainer, metrics)
 
     trainer.run(save, on_metrics=(lambda step, m: queue.put(m)) if queue is not None else None, on_step=on_step)
-    if config.get("export"):
-        _export(trainer, config["export"])
 
 
 def _restore(trainer, latest: ray.train.Checkpoint | None) -> list[dict]:
@@ -105,14 +103,49 @@ def _restore(trainer, latest: ray.train.Checkpoint | None) -> list[dict]:
     raise CheckpointError("no intact checkpoint to restore: " + "; ".join(reasons))
 
 
-def _export(trainer, out: str) -> None:
-    """The consolidated checkpoint the next stage starts from; an older copy (a redone step) is replaced."""
-    import torch.distributed as dist
+def _write_consolidated(directory: str, out: str, cfg: TrainingConfig) -> int | None:
+    """The consolidated checkpoint of a local training checkpoint, streamed in this process (tensor
+    by tensor: llada_core.consolidate), never gathered on a rank; an older copy (a redone node) is
+    replaced. Returns its step, or None (saying why) when the checkpoint is torn."""
+    from llada_core.consolidate import consolidate
+    from llada_core.data.shards import read_manifest
+    from llada_core.data.tokenizer import load_tokenizer
+    from llada_core.trainer.config import resolve_model_config
+    from llada_core.trainer.loop import STATE_FILE
 
-    if dist.get_rank() == 0:
-        storage.delete(out)
-    dist.barrier()
-    trainer.save_consolidated(out, storage.join(trainer.cfg.data, "tokenizer"))
+    if reason := problem(directory):
+        print(f"warning: checkpoint {directory} skipped: {reason}", file=sys.stderr, flush=True)
+        return None
+    step = json.loads(Path(directory, STATE_FILE).read_text())["step"]
+    storage.delete(out)
+    consolidate(directory, out, resolve_model_config(cfg, read_manifest(cfg.data)),
+                load_tokenizer(storage.join(cfg.data, "tokenizer")), {"stage": cfg.name, "step": step})
+    return step
+
+
+def _export(result: ray.train.Result, cfg: TrainingConfig, export: str | None, candidates: str | None) -> None:
+    """`export` from the final checkpoint; under `candidates`, step-NNNNNNN from every intact
+    checkpoint of the run (newest first: a redone step's latest copy)."""
+    import pyarrow.fs as pafs
+
+    from llada_core.model.hf_config import CheckpointError
+    from llada_core.trainer.loop import STATE_FILE
+
+    if export:
+        with result.checkpoint.as_directory() as directory:
+            if _write_consolidated(directory, export, cfg) is None:
+                raise CheckpointError(f"the final checkpoint {result.checkpoint.path} is torn")
+    if not candidates:
+        return
+    found = result.filesystem.get_file_info(pafs.FileSelector(result.path))
+    done: set[int] = set()
+    for path in sorted((i.path for i in found if i.type == pafs.FileType.Directory
+                        and i.base_name.startswith("checkpoint_")), reverse=True):
+        with ray.train.Checkpoint(path, filesystem=result.filesystem).as_directory() as directory:
+            step = json.loads(Path(directory, STATE_FILE).read_text()).get("step")
+            if step not in done and _write_consolidated(directory, storage.join(candidates, f"step-{step:07d}"),
+                                                        cfg) is not None:
+                done.add(step)
 
 
 def _consume(queue: Queue, done: threading.Event, total: int, name: str, on_metrics, progress: bool) -> None:
@@ -172,7 +205,8 @@ def run_training(cfg: TrainingConfig, storage_path: str, max_failures: int = 0, 
               on_metrics: Callable[[int, dict], None] | None = None, progress: bool = True,
               export: str | None = None, candidates: str | None = None) -> ray.train.Result:
     """Run (or resume: same name + storage_path) a stage on the connected Ray cluster; at the end
-    write the consolidated checkpoint `export` (and one under `candidates` per checkpoint step).
+    write the consolidated checkpoint `export` (and one under `candidates` per checkpoint step),
+    streamed here from the sharded checkpoints after the worker group finished.
     Every step's metrics reach `on_metrics(step, metrics)` on the driver (steps redone after a
     restart are reported again) and a progress bar on stderr. `on_step(trainer, metrics)` runs in
     every worker after every step (tests inject faults there; it must be picklable by value)."""
@@ -190,8 +224,7 @@ def run_training(cfg: TrainingConfig, storage_path: str, max_failures: int = 0, 
     os.environ[START_TIMEOUT_ENV] = str(max(wait_for_resources_s, MIN_PLACEMENT_WAIT_S))
     trainer = TorchTrainer(
         _worker_loop,
-        train_loop_config={"training": canonical_json(cfg), "on_step": on_step, "export": export,
-                           "candidates": candidates, "metrics": queue},
+        train_loop_config={"training": canonical_json(cfg), "on_step": on_step, "metrics": queue},
         scaling_config=ScalingConfig(num_workers=cfg.layout.world_size, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cpus_per_worker}),
         run_config=RunConfig(
@@ -200,11 +233,12 @@ def run_training(cfg: TrainingConfig, storage_path: str, max_failures: int = 0, 
             # S3 through the project's filesystem: same endpoint / credential handling as the data stage
             storage_filesystem=storage.s3_filesystem() if storage.is_s3(storage_path) else None,
             failure_config=FailureConfig(max_failures=max_failures, controller_failure_limit=max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+            # a candidates node keeps every checkpoint: each becomes a merge candidate
+            checkpoint_config=CheckpointConfig(num_to_keep=None if candidates else cfg.keep_checkpoints),
         ),
     )
     try:
-        return trainer.fit()
+        result = trainer.fit()
     except ControllerError as exc:
         # by name: the class lives in Ray Train's internals
         if type(exc.controller_failure).__name__ == "WorkerGroupStartupTimeoutError":
@@ -223,3 +257,5 @@ def run_training(cfg: TrainingConfig, storage_path: str, max_failures: int = 0, 
             consumer.join(timeout=30)
         if queue is not None:
             queue.shutdown()
+    _export(result, cfg, export, candidates)
+    return result
