@@ -101,17 +101,19 @@ def build_nodes(cfg: RecipeConfig) -> list[Node]:
                                                      data=pretrain, model=t.model, model_overrides=t.model_overrides,
                                                      steps=cfg.base.steps)))
 
-    previous = "${base.checkpoint}"
+    previous, init = "${base.checkpoint}", {"init_checkpoint": "${base.checkpoint}"}
     per_step = tokens_per_step(cfg)
     for phase, start, end in cpt_phases(cfg):
         name = f"cpt_{phase}"
         decay = phase == "decay"
-        stage = _stage(cfg, name, cfg.cpt, data=pretrain, init_checkpoint=previous, schedule=cfg.schedule,
-                       schedule_offset_tokens=start, steps=math.ceil((end - start) / per_step))
+        stage = _stage(cfg, name, cfg.cpt, data=pretrain, schedule=cfg.schedule, schedule_offset_tokens=start,
+                       steps=math.ceil((end - start) / per_step), **init)
         if decay:
             stage = stage.model_copy(update={"checkpoint_every": cfg.cpt.candidates_every})
         nodes.append(_train_node(cfg, name, stage, candidates=decay))
         previous = f"${{{name}.checkpoint}}"
+        # the phases are one trajectory: the next continues this one's weights, Adam moments and data
+        init = {"init_state": f"${{{name}.state}}"} if cfg.cpt.carry_state else {"init_checkpoint": previous}
     models = {"base": "${base.checkpoint}"} | {f"cpt_{p}": f"${{cpt_{p}.checkpoint}}" for p, _, _ in cpt_phases(cfg)}
     if "cpt_decay" in models:
         nodes.append(Node("merge", S + "merge", {"candidates": "${cpt_decay.candidates}", "dataset": pretrain,
@@ -119,12 +121,12 @@ def build_nodes(cfg: RecipeConfig) -> list[Node]:
         previous = models["merged"] = "${merge.checkpoint}"
 
     sft_data, dpo_data = "${prepare_sft.dataset}", "${prepare_dpo.dataset}"
-    for name, data, init, extra in (("sft", sft_data, previous, {}), ("cap", sft_data, "${sft.checkpoint}", {}),
-                                    ("dpo", dpo_data, "${cap.checkpoint}",
-                                     {"reference_checkpoint": "${cap.checkpoint}"})):
+    cap_init = {"init_state": "${sft.state}"} if cfg.cap.carry_state else {"init_checkpoint": "${sft.checkpoint}"}
+    for name, data, wiring in (("sft", sft_data, {"init_checkpoint": previous}), ("cap", sft_data, cap_init),
+                               ("dpo", dpo_data, {"init_checkpoint": "${cap.checkpoint}",
+                                                  "reference_checkpoint": "${cap.checkpoint}"})):
         section = getattr(cfg, name)
-        nodes.append(_train_node(cfg, name, _stage(cfg, name, section, data=data, init_checkpoint=init,
-                                                   steps=section.steps, **extra)))
+        nodes.append(_train_node(cfg, name, _stage(cfg, name, section, data=data, steps=section.steps, **wiring)))
     models |= {k: f"${{{k}.checkpoint}}" for k in ("sft", "cap", "dpo")}
     tasks = "${make_tasks.tasks}" if not (ins.sft_input and ins.dpo_input) else None
     nodes.append(Node("eval", S + "evaluate", {

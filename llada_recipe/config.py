@@ -55,6 +55,9 @@ class CPT(TrainingSettings):
 
     objective: CPTConfig = CPTConfig()
     candidates_every: int = Field(10, ge=1)  # decay-phase checkpoint (and merge candidate) interval
+    # stable / decay continue the previous phase's Adam moments and data position (one WSD trajectory);
+    # false: each phase starts a fresh Adam from the previous phase's weights
+    carry_state: bool = True
 
 
 class Finetune(TrainingSettings):
@@ -67,6 +70,7 @@ class SFTStage(Finetune):
 
 class CAPStage(Finetune):
     objective: CAPConfig = CAPConfig()
+    carry_state: bool = False  # true: continue SFT's Adam moments and data position instead of a fresh Adam
 
 
 class DPOStage(Finetune):

@@ -64,13 +64,13 @@ def _train(cfg: TrainNodeConfig, ctx, candidates: bool = False) -> dict:
         ctx.log_metrics(step, metrics)
         ctx.report_progress(step, cfg.training.steps, loss=metrics["loss"], tokens_per_s=metrics["tokens_per_s"])
 
-    outs = {"checkpoint": storage.join(cfg.out, "checkpoint")}
+    outs = {"checkpoint": storage.join(cfg.out, "checkpoint"), "state": storage.join(cfg.out, "state")}
     if candidates:
         outs["candidates"] = storage.join(cfg.out, "candidates")
     run_training(training, ctx.train_storage, max_failures=cfg.max_failures, use_gpu=cfg.use_gpu,
                  cpus_per_worker=cfg.cpus_per_worker, wait_for_resources_s=cfg.wait_for_resources_s,
                  on_metrics=on_metrics, progress=False,
-                 export=outs["checkpoint"], candidates=outs.get("candidates"))
+                 export=outs["checkpoint"], candidates=outs.get("candidates"), state=outs["state"])
     ctx.info |= {"first_step": steps[0] if steps else None, "last_step": steps[-1] if steps else None}
     return outs
 
@@ -198,9 +198,11 @@ def _import_hf(cfg: ImportConfig, ctx) -> dict:
 make_tasks = Stage(_make_tasks, MakeTasksConfig, outputs=("tasks",))
 prepare_pretrain = Stage(_prepare_pretrain, prepare_data.PrepareDataConfig, outputs=("dataset",))
 prepare_instruct_data = Stage(_prepare_instruct, prepare_instruct.PrepareInstructConfig, outputs=("dataset",))
-train = Stage(_train, TrainNodeConfig, outputs=("checkpoint",), check=_check_train)
+# checkpoint: consolidated weights (eval, merge, export, a next stage's init_checkpoint); state: the
+# sharded training checkpoint with the optimizer (a next node's init_state)
+train = Stage(_train, TrainNodeConfig, outputs=("checkpoint", "state"), check=_check_train, version="2")
 train_with_candidates = Stage(lambda cfg, ctx: _train(cfg, ctx, candidates=True), TrainNodeConfig,
-                              outputs=("checkpoint", "candidates"), check=_check_train)
+                              outputs=("checkpoint", "state", "candidates"), check=_check_train, version="2")
 merge = Stage(_merge, MergeConfig, outputs=("checkpoint",), num_cpus=1)
 evaluate = Stage(_eval, EvalConfig, outputs=("results",), num_cpus=1)
 export_hf = Stage(_export_hf, ExportConfig, outputs=("hf",), num_cpus=1)

@@ -57,3 +57,53 @@ def test_dpo_with_frozen_reference_and_consolidated_handoff(datasets, tmp_path):
             and history[0]["loss"] == pytest.approx(0.6931, abs=1e-3))
     ref_params = [p for p in dpo_trainer.reference.parameters()]
     assert all(not p.requires_grad for p in ref_params)
+
+
+def test_cpt_phases_as_three_nodes_are_one_trajectory(datasets, tmp_path):
+    """warm-up -> stable -> decay as three trainers, each continuing the previous one's training
+    checkpoint (init_state), give the losses and Adam moments of one uninterrupted run of the same
+    WSD schedule: weights, moments, Adam's step count, data position and the step count the mask
+    noise is scheduled on all carry over. With init_checkpoint instead (weights only) they do not."""
+    import torch
+
+    from llada_core.consolidate import consolidate
+    from llada_core.data.tokenizer import load_tokenizer
+    from llada_core.schedule import WSDConfig
+
+    pretrain = datasets[0]
+    schedule = {"seq_len": 32, "warmup_block_sizes": [4, 8], "warmup_tokens_per_block": 512, "stable_tokens": 512,
+                "decay_min_block": 8, "decay_tokens_per_block": 512, "lr": 2e-3, "min_lr": 2e-4,
+                "lr_warmup_tokens": 512}
+    spans = {}
+    for seg in WSDConfig.model_validate(schedule).build().describe():
+        spans.setdefault(seg["phase"], [seg["start"], seg["end"]])[1] = seg["end"]
+    per_step = 4 * 2 * 32  # micro_batch x grad_accum x seq_len
+    assert [(b - a) // per_step for a, b in spans.values()] == [6, 2, 4]
+    base = stage_dict(pretrain, objective={"kind": "cpt", "block_size": 8, "mask_noise_std": 0.5,
+                                           "mask_noise_steps": 7}, schedule=schedule, checkpoint_every=100)
+
+    def moments(trainer) -> list[torch.Tensor]:
+        return [t for o in trainer.opt.chained_optimizers for st in o.optimizer.state.values()
+                for t in (st["exp_avg"], st["exp_avg_sq"])]
+
+    whole, one_run = run(base | {"steps": 12}, tmp_path / "whole")
+    for carry in ("init_state", "init_checkpoint"):
+        history, previous = [], None
+        for phase, (start, end) in spans.items():
+            stage = base | {"name": phase, "steps": (end - start) // per_step, "schedule_offset_tokens": start}
+            if previous:
+                if carry == "init_state":
+                    stage["init_state"] = str(previous)
+                else:  # the weights only, consolidated
+                    stage["init_checkpoint"] = consolidate(previous, f"{previous}-c", whole.model.cfg,
+                                                           load_tokenizer(f"{pretrain}/tokenizer"), {})
+            trainer, part = run(stage, tmp_path / carry / phase)
+            history += part
+            previous = trainer.save(tmp_path / carry / f"{phase}-final")
+        losses = [h["loss"] for h in history]
+        if carry == "init_state":
+            assert losses == pytest.approx([h["loss"] for h in one_run], abs=1e-6)
+            assert [h["samples"] for h in history] == [h["samples"] for h in one_run]
+            assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(moments(trainer), moments(whole), strict=True))
+        else:  # fresh Adam and data from the start at each node: another trajectory
+            assert losses[6] != pytest.approx(one_run[6]["loss"], abs=1e-4)

@@ -6,6 +6,7 @@ Every stage of the recipe (AR base, CPT warm-up / stable / decay, SFT, CAP, DPO)
 
 from __future__ import annotations
 
+import json
 from typing import Literal
 
 import torch
@@ -51,6 +52,8 @@ class TrainingConfig(TrainingSettings):
     model: str = "tiny"  # preset name, used when init_checkpoint is None
     model_overrides: list[str] = []
     init_checkpoint: str | None = None  # consolidated checkpoint (import-hf, or a previous stage)
+    # a previous node's training checkpoint (its `state`): weights, Adam moments, data position go on
+    init_state: str | None = None
     reference_checkpoint: str | None = None  # DPO: the frozen reference model
     layout: ParallelLayout = ParallelLayout()
     steps: int = Field(ge=1)
@@ -60,7 +63,10 @@ class TrainingConfig(TrainingSettings):
 
     @model_validator(mode="after")
     def _check(self):
-        if not self.init_checkpoint:  # an unknown preset is found here, not after the data nodes ran
+        if self.init_checkpoint and self.init_state:
+            raise ValueError("init_state: give init_checkpoint (weights) or init_state (a training checkpoint "
+                             "to continue), not both")
+        if not (self.init_checkpoint or self.init_state):  # an unknown preset: found here, before the data nodes run
             try:
                 preset_path(self.model)
             except ConfigError as exc:
@@ -110,9 +116,26 @@ def check_dataset(cfg: TrainingConfig, manifest: dict) -> None:
         raise DataError(f"{cfg.data}: objective.block_size={block} does not divide its rows of {seq_len} tokens")
 
 
+STATE_FILE = "trainer_state.json"  # in every training checkpoint: step, samples, offsets, tokenizer digest
+MODEL_CONFIG_FILE = "model_config.json"  # beside the shards: a next node continuing from them builds this model
+
+
 def resolve_model_config(cfg: TrainingConfig, manifest: dict) -> ModelConfig:
     """The stage's model shape: the init checkpoint's (whose tokenizer must be the dataset's), or the
     preset with the dataset tokenizer's vocabulary, padded. Reads no tensors."""
+    if cfg.init_state:
+        from llada_core import storage
+
+        fs, base = storage.resolve(cfg.init_state)
+        try:
+            model_cfg = ModelConfig.model_validate_json(storage.read_bytes(fs, f"{base}/{MODEL_CONFIG_FILE}"))
+            meta = json.loads(storage.read_bytes(fs, f"{base}/{STATE_FILE}"))
+        except FileNotFoundError:
+            raise ValueError(f"init_state: {cfg.init_state} is not a training checkpoint with "
+                             f"{MODEL_CONFIG_FILE}") from None
+        if meta.get("tokenizer_digest") != manifest["tokenizer"]["digest"]:
+            raise ValueError(f"{cfg.init_state}: its tokenizer differs from the dataset's ({cfg.data})")
+        return model_cfg
     if cfg.init_checkpoint:
         model_cfg, meta = read_checkpoint_header(cfg.init_checkpoint)
         if meta.get("tokenizer_digest") != manifest["tokenizer"]["digest"]:

@@ -28,7 +28,9 @@ from megatron.core import dist_checkpointing
 from megatron.core import parallel_state as ps
 from megatron.core.distributed import finalize_model_grads
 
+from llada_core import storage
 from llada_core.checkpoint import CheckpointReader, load_into
+from llada_core.config import canonical_json
 from llada_core.model.build import LladaModel
 from llada_core.model.hf_config import CheckpointError
 from llada_core.objectives.base import StepContext
@@ -36,11 +38,15 @@ from llada_core.objectives.registry import build_objective
 from llada_core.parallel.reshard import current_coords, read_shard
 from llada_core.parallel.setup import init_parallel
 from llada_core.trainer import optim
-from llada_core.trainer.config import TrainingConfig, resolve_model_config, training_dtype
+from llada_core.trainer.config import (
+    MODEL_CONFIG_FILE,
+    STATE_FILE,
+    TrainingConfig,
+    resolve_model_config,
+    training_dtype,
+)
 from llada_core.trainer.data import BatchPlan, RowStream
 from llada_core.trainer.digests import problem, write_digest
-
-STATE_FILE = "trainer_state.json"
 
 
 def _load_sharded(model: LladaModel, path: str) -> None:
@@ -73,7 +79,10 @@ class Trainer:
         self.plan = BatchPlan(cfg.micro_batch, cfg.grad_accum, ps.get_data_parallel_world_size())
         self.seq_len = int(self.stream.manifest.get("seq_len", 0))
         self.schedule = cfg.schedule.build() if cfg.schedule is not None else None
-        self.step = 0
+        self.step = 0  # this node's optimizer steps
+        self.step_offset = self.sample_offset = 0  # what the nodes it continues from did
+        if cfg.init_state:
+            self.continue_from(storage.local_copy(cfg.init_state, committed=True))
 
     # -- one optimizer step -------------------------------------------------------------------
     def _lr(self, tokens: int) -> float:
@@ -93,10 +102,12 @@ class Trainer:
         """This rank's micro-batches of the step, as the objective's batches (noise drawn)."""
         batches = []
         for micro in range(self.plan.grad_accum):
-            positions = self.stream.micro_batch_positions(self.plan, self.step, micro, self.dp_rank)
+            positions = [self.sample_offset + p
+                         for p in self.stream.micro_batch_positions(self.plan, self.step, micro, self.dp_rank)]
             rows = self.stream.rows_at(positions)
             self._real_tokens += self.objective.real_tokens(rows)
-            ctx = StepContext(self.mask_id, self.pad_id, self.cfg.seed, self.step, positions, self._block_size(tokens))
+            ctx = StepContext(self.mask_id, self.pad_id, self.cfg.seed, self.step_offset + self.step, positions,
+                              self._block_size(tokens))
             batches.append(self.objective.batch(rows, ctx))
         return batches
 
@@ -128,7 +139,7 @@ class Trainer:
         elapsed = time.perf_counter() - t0
         step_tokens = self._real_tokens * self.plan.dp_size  # estimate: DP ranks read equally many rows
         metrics = {"loss": loss.item() / self.plan.dp_size, "grad_norm": norm, "lr": lr, "step_time": elapsed,
-                   "tokens_per_s": step_tokens / elapsed, "samples": self.step * self.plan.global_batch,
+                   "tokens_per_s": step_tokens / elapsed, "samples": self.samples(),
                    "router_load_max_over_mean": balance,
                    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
         if self.schedule is not None:
@@ -193,8 +204,11 @@ class Trainer:
         `extra` files; every rank's per-file digest comes last (llada_core.trainer.digests)."""
         dist_checkpointing.save(self._sharded(is_loading=False), str(directory))
         if dist.get_rank() == 0:
-            state = {"step": self.step, "samples": self.step * self.plan.global_batch, "stage": self.cfg.name}
-            for name, text in ({STATE_FILE: json.dumps(state)} | (extra or {})).items():
+            state = {"step": self.step, "samples": self.samples(), "stage": self.cfg.name,
+                     "step_offset": self.step_offset, "sample_offset": self.sample_offset,
+                     "tokenizer_digest": self.stream.manifest["tokenizer"]["digest"]}
+            files = {STATE_FILE: json.dumps(state), MODEL_CONFIG_FILE: canonical_json(self.model.cfg)}
+            for name, text in (files | (extra or {})).items():
                 (Path(directory) / name).write_text(text, encoding="utf-8")
         dist.barrier()
         write_digest(directory, dist.get_rank(), dist.get_world_size())
@@ -227,6 +241,19 @@ class Trainer:
         self.model.gpt.load_state_dict(loaded["model"], strict=True)
         optim.restore_optimizer_step(self.opt, loaded["optimizer"]["step"])
         self.step = int(state["step"])
+        self.step_offset, self.sample_offset = int(state.get("step_offset", 0)), int(state.get("sample_offset", 0))
+
+    def continue_from(self, directory: str | Path) -> None:
+        """Start this node where a previous node's training checkpoint ended: weights, Adam moments and
+        step count, data position and the step count objectives see (the node boundary is a checkpoint,
+        not a restart). This node's own steps count from 0."""
+        self.load(directory)
+        samples = json.loads((Path(directory) / STATE_FILE).read_text())["samples"]
+        self.step_offset, self.sample_offset, self.step = self.step_offset + self.step, samples, 0
+
+    def samples(self) -> int:
+        """Samples consumed, including the nodes this one continues from."""
+        return self.sample_offset + self.step * self.plan.global_batch
 
     # -- the stage -----------------------------------------------------------------------------
     def checkpoint_due(self) -> bool:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -110,8 +111,7 @@ def _write_consolidated(directory: str, out: str, cfg: TrainingConfig) -> int | 
     from llada_core.consolidate import consolidate
     from llada_core.data.shards import read_manifest
     from llada_core.data.tokenizer import load_tokenizer
-    from llada_core.trainer.config import resolve_model_config
-    from llada_core.trainer.loop import STATE_FILE
+    from llada_core.trainer.config import STATE_FILE, resolve_model_config
 
     if reason := problem(directory):
         print(f"warning: checkpoint {directory} skipped: {reason}", file=sys.stderr, flush=True)
@@ -123,18 +123,23 @@ def _write_consolidated(directory: str, out: str, cfg: TrainingConfig) -> int | 
     return step
 
 
-def _export(result: ray.train.Result, cfg: TrainingConfig, export: str | None, candidates: str | None) -> None:
-    """`export` from the final checkpoint; under `candidates`, step-NNNNNNN from every intact
+def _export(result: ray.train.Result, cfg: TrainingConfig, export: str | None, candidates: str | None,
+            state: str | None = None) -> None:
+    """`export` from the final checkpoint; `state`: the final checkpoint itself (sharded, with the
+    optimizer: what a next node continues from); under `candidates`, step-NNNNNNN from every intact
     checkpoint of the run (newest first: a redone step's latest copy)."""
     import pyarrow.fs as pafs
 
     from llada_core.model.hf_config import CheckpointError
-    from llada_core.trainer.loop import STATE_FILE
+    from llada_core.trainer.config import STATE_FILE
 
-    if export:
+    if export or state:
         with result.checkpoint.as_directory() as directory:
-            if _write_consolidated(directory, export, cfg) is None:
+            if export and _write_consolidated(directory, export, cfg) is None:
                 raise CheckpointError(f"the final checkpoint {result.checkpoint.path} is torn")
+            if state:
+                with storage.output_dir(state) as tmp:
+                    shutil.copytree(directory, tmp, dirs_exist_ok=True)
     if not candidates:
         return
     found = result.filesystem.get_file_info(pafs.FileSelector(result.path))
@@ -203,7 +208,7 @@ def check_schedulable(world: int, need: dict[str, float], wait_s: float = 0.0) -
 def run_training(cfg: TrainingConfig, storage_path: str, max_failures: int = 0, use_gpu: bool = False,
                  cpus_per_worker: float = 1.0, on_step: Callable | None = None, wait_for_resources_s: float = 0.0,
               on_metrics: Callable[[int, dict], None] | None = None, progress: bool = True,
-              export: str | None = None, candidates: str | None = None) -> ray.train.Result:
+              export: str | None = None, candidates: str | None = None, state: str | None = None) -> ray.train.Result:
     """Run (or resume: same name + storage_path) a stage on the connected Ray cluster; at the end
     write the consolidated checkpoint `export` (and one under `candidates` per checkpoint step),
     streamed here from the sharded checkpoints after the worker group finished.
@@ -257,5 +262,5 @@ def run_training(cfg: TrainingConfig, storage_path: str, max_failures: int = 0, 
             consumer.join(timeout=30)
         if queue is not None:
             queue.shutdown()
-    _export(result, cfg, export, candidates)
+    _export(result, cfg, export, candidates, state)
     return result
