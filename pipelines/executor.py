@@ -179,11 +179,14 @@ class Executor:
 
         from pipelines.lineage import format_lineage, lineage, to_graph
 
-        doc = lineage(self.store, self.run_id)
-        with tempfile.TemporaryDirectory() as tmp:
-            Path(tmp, "lineage.txt").write_text(format_lineage(doc) + "\n", encoding="utf-8")
-            Path(tmp, "lineage.mmd").write_text(to_graph(doc, "mermaid") + "\n", encoding="utf-8")
-            self.tracker.log_artifacts(parent, tmp, "lineage")
+        try:
+            doc = lineage(self.store, self.run_id)
+            with tempfile.TemporaryDirectory() as tmp:
+                Path(tmp, "lineage.txt").write_text(format_lineage(doc) + "\n", encoding="utf-8")
+                Path(tmp, "lineage.mmd").write_text(to_graph(doc, "mermaid") + "\n", encoding="utf-8")
+                self.tracker.log_artifacts(parent, tmp, "lineage")
+        except Exception as exc:  # the run's outcome never depends on this copy: `llada lineage` reads the store
+            self.say(f"warning: the lineage was not logged to MLflow: {summary(exc)}")
 
     # -- one node -------------------------------------------------------------------------------
     def _inputs(self, node: dag.Node, records: dict) -> tuple[dict[str, str], dict[str, str]]:

@@ -147,9 +147,12 @@ def _export(result: ray.train.Result, cfg: TrainingConfig, export: str | None, c
     for path in sorted((i.path for i in found if i.type == pafs.FileType.Directory
                         and i.base_name.startswith("checkpoint_")), reverse=True):
         with ray.train.Checkpoint(path, filesystem=result.filesystem).as_directory() as directory:
-            step = json.loads(Path(directory, STATE_FILE).read_text()).get("step")
-            if step not in done and _write_consolidated(directory, storage.join(candidates, f"step-{step:07d}"),
-                                                        cfg) is not None:
+            if reason := problem(directory):
+                print(f"warning: checkpoint {path} skipped: {reason}", file=sys.stderr, flush=True)
+                continue
+            step = json.loads(Path(directory, STATE_FILE).read_text())["step"]
+            if step not in done:
+                _write_consolidated(directory, storage.join(candidates, f"step-{step:07d}"), cfg)
                 done.add(step)
 
 
@@ -211,7 +214,8 @@ def run_training(cfg: TrainingConfig, storage_path: str, max_failures: int = 0, 
               export: str | None = None, candidates: str | None = None, state: str | None = None) -> ray.train.Result:
     """Run (or resume: same name + storage_path) a stage on the connected Ray cluster; at the end
     write the consolidated checkpoint `export` (and one under `candidates` per checkpoint step),
-    streamed here from the sharded checkpoints after the worker group finished.
+    streamed here from the sharded checkpoints after the worker group finished, and copy the final
+    sharded checkpoint to `state` (what a next node's init_state continues from).
     Every step's metrics reach `on_metrics(step, metrics)` on the driver (steps redone after a
     restart are reported again) and a progress bar on stderr. `on_step(trainer, metrics)` runs in
     every worker after every step (tests inject faults there; it must be picklable by value)."""
