@@ -29,6 +29,7 @@ from llada_core.model.config import ModelConfig
 _FUSED_NORMS = {"self_attention.linear_qkv.layer_norm_weight": "input_layernorm.weight",
                 "mlp.linear_fc1.layer_norm_weight": "pre_mlp_layernorm.weight"}
 _STACKED = ".mlp.experts.experts."  # one [num_experts, ...] tensor per layer and expert weight
+_LAYERS = "decoder.layers."
 OPTIMIZER_PREFIX = "optimizer."
 READ_BYTES = 256 << 20
 
@@ -70,6 +71,22 @@ def consolidated_name(key: str) -> str:
     return "gpt." + key
 
 
+def _unstacked(key: str, tensor: Tensor) -> Iterator[tuple[str, Tensor]]:
+    """Per-layer, per-expert (consolidated name, tensor) of one checkpoint tensor. Layers stacked by
+    megatron (homogeneous models saved without `non_homogeneous_layers`) come as `decoder.layers.X`
+    with a leading layer axis; experts as `...mlp.experts.experts.X` with a leading expert axis."""
+    head, _, rest = key.partition(_LAYERS)
+    if rest and not rest.split(".", 1)[0].isdigit():
+        for layer in range(tensor.shape[0]):
+            yield from _unstacked(f"{head}{_LAYERS}{layer}.{rest}", tensor[layer])
+    elif _STACKED in key:
+        head, tail = key.split(_STACKED)
+        for e in range(tensor.shape[0]):
+            yield f"gpt.{head}.mlp.experts.local_experts.{e}.{tail}", tensor[e].clone()
+    else:
+        yield consolidated_name(key), tensor.clone() if tensor._base is not None else tensor
+
+
 def consolidated_tensors(directory: str | Path, read_bytes: int = READ_BYTES) -> Iterator[tuple[str, Tensor]]:
     """The checkpoint's model weights by consolidated (1-rank) names, read `read_bytes` at a time
     (one DCP read per batch of keys; a larger tensor alone)."""
@@ -79,13 +96,7 @@ def consolidated_tensors(directory: str | Path, read_bytes: int = READ_BYTES) ->
     for batch in _batches(keys, width, read_bytes):
         tensors = read_tensors(directory, batch)
         for key in batch:
-            tensor = tensors.pop(key)
-            if _STACKED in key:
-                head, tail = key.split(_STACKED)
-                for e in range(tensor.shape[0]):
-                    yield f"gpt.{head}.mlp.experts.local_experts.{e}.{tail}", tensor[e].clone()
-            else:
-                yield consolidated_name(key), tensor
+            yield from _unstacked(key, tensors.pop(key))
 
 
 def consolidate(directory: str | Path, out: str, cfg: ModelConfig, tok: LladaTokenizer, meta: dict) -> str:

@@ -133,6 +133,28 @@ def test_streamed_export_in_parts_equals_the_whole_model_export(megatron_ready, 
         assert (reloaded(ids).logits - our_logits(tmp_path / "ckpt", ids)).abs().max().item() <= 1e-4
 
 
+@pytest.mark.parametrize("per_layer", [True, False])
+def test_a_homogeneous_model_consolidates_from_its_training_checkpoint(megatron_ready, tmp_path, per_layer):
+    """A dense model's layers are all alike: megatron stacks them into one [num_layers, ...] tensor per
+    weight unless told not to (the trainer does: one layer at a time when consolidating). Both forms
+    consolidate to the model's own state dict, bit for bit."""
+    from megatron.core import dist_checkpointing
+
+    from llada_core.consolidate import consolidated_tensors
+    from llada_core.model.build import LladaModel
+
+    make_hf("qwen3", tmp_path / "hf")
+    import_hf(tmp_path / "hf", tmp_path / "ckpt", add_mask_token="<|mask|>")
+    cfg, state, _, _ = load_checkpoint(tmp_path / "ckpt")
+    model = LladaModel(cfg)
+    load_into(model, state)
+    metadata = {"non_homogeneous_layers": True} if per_layer else None
+    (tmp_path / "train").mkdir()
+    dist_checkpointing.save(model.gpt.sharded_state_dict(metadata=metadata), str(tmp_path / "train"))
+    got = dict(consolidated_tensors(tmp_path / "train"))
+    assert got.keys() == state.keys() and all(torch.equal(got[k], state[k].float()) for k in state)
+
+
 def test_expected_shapes_match_the_built_model(megatron_ready):
     from llada_core.model.build import LladaModel
     from llada_core.model.config import load_preset

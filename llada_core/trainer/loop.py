@@ -195,7 +195,9 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _sharded(self, is_loading: bool) -> dict:
-        msd = self.model.gpt.sharded_state_dict()
+        # one key per layer (megatron stacks homogeneous layers into one [num_layers, ...] tensor): a
+        # consolidating reader then holds one layer's tensor at a time, not the whole stack
+        msd = self.model.gpt.sharded_state_dict(metadata={"non_homogeneous_layers": True})
         return {"model": msd, "optimizer": optim.optimizer_sharded_state(self.opt, msd, is_loading)}
 
     def save_shards(self, directory: str | Path, extra: dict[str, str] | None = None) -> None:
