@@ -89,17 +89,22 @@ def shard_name(name: str, cfg: ModelConfig, c: RankCoords) -> str | None:
     return f"gpt.decoder.layers.{layer % per_stage}.{suffix}"
 
 
+def _placement(name: str, c: RankCoords) -> tuple[int | None, bool, int, int]:
+    """(split dim or None, gated, this rank's index, group size) of a consolidated tensor."""
+    dim, gated = _rule(name)
+    if name.endswith("word_embeddings.weight") or name.endswith("output_layer.weight"):
+        dim = 0
+    rank, size = (c.etp, c.etp_size) if ".experts." in name else (c.tp, c.tp_size)
+    return dim, gated, rank, size
+
+
 def shard_state(full: dict[str, Tensor], cfg: ModelConfig, c: RankCoords) -> dict[str, Tensor]:
     out = {}
     for name, tensor in full.items():
         local = shard_name(name, cfg, c)
         if local is None:
             continue
-        dim, gated = _rule(name)
-        expert = ".experts." in name
-        rank, size = (c.etp, c.etp_size) if expert else (c.tp, c.tp_size)
-        if name.endswith("word_embeddings.weight") or name.endswith("output_layer.weight"):
-            dim = 0
+        dim, gated, rank, size = _placement(name, c)
         out[local] = tensor if dim is None else _split(tensor, dim, rank, size, gated).clone()
     return out
 
@@ -117,11 +122,7 @@ def read_shard(get_slice, names: list[str], cfg: ModelConfig, c: RankCoords) -> 
         local = shard_name(name, cfg, c)
         if local is None:
             continue
-        dim, gated = _rule(name)
-        expert = ".experts." in name
-        rank, size = (c.etp, c.etp_size) if expert else (c.tp, c.tp_size)
-        if name.endswith("word_embeddings.weight") or name.endswith("output_layer.weight"):
-            dim = 0
+        dim, gated, rank, size = _placement(name, c)
         lazy = get_slice(name)
         shape = lazy.get_shape()
         if dim is None or size == 1:
