@@ -156,6 +156,18 @@ def load_into(model, state: dict[str, Tensor]) -> None:
         raise CheckpointError(f"state mismatch: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
 
 
+def load_streamed(model, reader: CheckpointReader) -> None:
+    """Strict load of a whole checkpoint into a 1-rank LladaModel, one tensor in memory at a time
+    (the model's own parameters are the only full copy)."""
+    own = {k: v for k, v in model.state_dict(keep_vars=True).items() if not k.endswith("_extra_state")}
+    missing, unexpected = sorted(set(own) - set(reader.names())), sorted(set(reader.names()) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(f"state mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    with torch.no_grad():
+        for name in reader.names():
+            own[name].copy_(reader.tensor(name))
+
+
 def tensors_digest(state: dict[str, Tensor]) -> str:
     h = hashlib.sha256()
     for name in sorted(state):

@@ -34,6 +34,25 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, require_
         ray.init(num_cpus=num_cpus, **kwargs)
 
 
+_RAY_NAMES = {"num_cpus": "CPU", "num_gpus": "GPU", "memory": "memory"}
+
+
+def check_placeable(requests: dict[str, dict[str, float]]) -> None:
+    """Each {name: Ray task options} must fit on one alive node of the cluster: Ray would otherwise
+    hold an infeasible task for ever (it waits for a node that may never join)."""
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    for name, options in requests.items():
+        want = {_RAY_NAMES[k]: v for k, v in options.items() if k in _RAY_NAMES and v}
+        if want and not any(all(res.get(k, 0) >= v for k, v in want.items()) for res in nodes):
+            biggest = {k: max((res.get(k, 0) for res in nodes), default=0) for k in want}
+            raise ClusterError(f"node {name!r} asks Ray for {_show(want)} in one task, but no node of the "
+                               f"cluster has that much (largest: {_show(biggest)}): add a node that large")
+
+
+def _show(res: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v / (1 << 30):.1f} GiB" if k == "memory" else f"{k} {v:g}" for k, v in res.items())
+
+
 def alive_nodes() -> int:
     return sum(1 for n in ray.nodes() if n.get("Alive"))
 

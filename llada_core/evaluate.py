@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from llada_core.checkpoint import load_checkpoint, load_into
+from llada_core.checkpoint import CheckpointReader, load_streamed
 from llada_core.data.shards import read_manifest, read_split
 from llada_core.data.synthetic import check_answer
 from llada_core.model.build import LladaModel
@@ -32,10 +32,10 @@ from llada_core.sampler import generate_text
 def load_model(path: str):
     """(model in eval mode, tokenizer) from a consolidated checkpoint."""
     init_single_process()
-    cfg, state, tok, _ = load_checkpoint(path)
-    model = LladaModel(cfg, ParallelLayout(world_size=1))
-    load_into(model, state)
-    return model.eval().requires_grad_(False), tok
+    reader = CheckpointReader(path)
+    model = LladaModel(reader.cfg, ParallelLayout(world_size=1))
+    load_streamed(model, reader)
+    return model.eval().requires_grad_(False), reader.tok
 
 
 @torch.no_grad()

@@ -23,6 +23,7 @@ from llada_core.config import ConfigError, format_validation_error, load_config
 from llada_core.data.sources import STDLIB
 from llada_core.trainer.config import LaunchConfig, TrainingConfig, TrainingSettings
 from llada_recipe.config import RecipeConfig, recipe_path
+from llada_recipe.memory import HandoffMemory, checkpoint_width, handoff_memory, recipe_model
 from pipelines import dag
 from pipelines.dag import Node
 from stages.prepare_data import PretrainDataSettings
@@ -51,6 +52,16 @@ def tokens_per_step(cfg: RecipeConfig) -> int:
 def _train_node(cfg: RecipeConfig, name: str, stage: TrainingConfig, candidates: bool = False) -> Node:
     return Node(name, S + ("train_with_candidates" if candidates else "train"),
                 {"training": _dump(stage), "out": "${out}", **_settings(cfg.training, LaunchConfig)})
+
+
+def _with_memory(nodes: list[Node], memory: HandoffMemory) -> list[Node]:
+    """Each node's Ray task requests the host memory its process peaks at (llada_recipe.memory), so
+    Ray places a whole-model eval on a host that holds it, not on a small head node."""
+    for node in nodes:
+        need = memory.of(node.stage.split(":")[-1])
+        if need is not None:
+            node.resources["memory"] = need
+    return nodes
 
 
 def _settings(section, base: type) -> dict:
@@ -135,7 +146,12 @@ def build_nodes(cfg: RecipeConfig) -> list[Node]:
         "decode_models": [m for m in ("merged", "sft", "cap", "dpo") if m in models] if tasks else [],
         "sweep_models": ["sft", "cap"] if tasks else []}))
     nodes.append(Node("export", S + "export_hf", {"checkpoint": "${dpo.checkpoint}", "out": "${out}"}))
-    return nodes
+    return _with_memory(nodes, recipe_memory(cfg))
+
+
+def recipe_memory(cfg: RecipeConfig) -> HandoffMemory:
+    return handoff_memory(recipe_model(cfg), cfg.parallel, cfg.seq_len,
+                          checkpoint_width(cfg), cfg.merge.k)
 
 
 def load(recipe: str, overrides: list[str] = ()) -> tuple:

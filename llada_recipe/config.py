@@ -77,6 +77,15 @@ class DPOStage(Finetune):
     objective: DPOConfig = DPOConfig()
 
 
+class Hardware(StrictModel):
+    """What one machine of the cluster holds; `llada plan` refuses a recipe that does not fit it (unset:
+    not checked). Ray places each node's task by the memory the recipe requests for it."""
+
+    gpu_memory_gib: float | None = Field(None, gt=0)  # per GPU
+    host_memory_gib: float | None = Field(None, gt=0)  # the largest host a non-training node may run on
+    gpus_per_host: int = Field(8, ge=1)
+
+
 class RecipeConfig(StrictModel):
     name: str
     workdir: str = "work"
@@ -100,6 +109,7 @@ class RecipeConfig(StrictModel):
     cap: CAPStage = CAPStage(steps=50)
     dpo: DPOStage = DPOStage(steps=50)
     eval: EvalSettings = EvalSettings()
+    hardware: Hardware = Hardware()
 
     @property
     def needs_cluster(self) -> bool:

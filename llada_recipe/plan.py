@@ -12,11 +12,10 @@ Memory per GPU (an estimate to size a cluster, not a measurement):
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
-from llada_core.model.config import ModelConfig, load_preset, pad_vocab
+from llada_core.config import ConfigError
+from llada_core.model.config import ModelConfig
 from llada_core.objectives.registry import build_objective
 from llada_core.parallel.layout import ParallelLayout
 from llada_core.trainer.config import TrainingConfig
@@ -57,17 +56,10 @@ def estimate(cfg: ModelConfig, layout: ParallelLayout, seq_len: int, micro_batch
 
 def plan(cfg) -> dict:
     """The recipe's nodes, steps and tokens per stage, layout checks and memory per GPU."""
-    from llada_core.model.hf_config import from_hf_config
-    from llada_recipe.build import build_nodes, cpt_phases, tokens_per_step
+    from llada_recipe.build import build_nodes, cpt_phases, recipe_memory, tokens_per_step
+    from llada_recipe.memory import recipe_model
 
-    hf_config = Path(cfg.base.hf_checkpoint or "", "config.json")
-    if cfg.base.hf_checkpoint and hf_config.exists():
-        model = from_hf_config(json.loads(hf_config.read_text()))
-    elif cfg.base.hf_checkpoint:  # not on this machine: the preset names the shape it will have
-        model = load_preset(cfg.training.model, list(cfg.training.model_overrides))
-    else:
-        vocab = pad_vocab(cfg.data.tokenizer.vocab_size)
-        model = load_preset(cfg.training.model, [f"vocab_size={vocab}", *cfg.training.model_overrides])
+    model = recipe_model(cfg)
     layout = cfg.parallel
     layout.check_model(model.num_layers, model.num_experts, model.num_heads, model.num_kv_heads, model.vocab_size)
     nodes = dag.validate(build_nodes(cfg), missing_paths_ok=True)  # inputs may exist only on the cluster
@@ -89,10 +81,39 @@ def plan(cfg) -> dict:
                        "memory_gib": round(mem.total_gib, 1),
                        "weights_grads_optimizer_gib": round(mem.weights_grads_optimizer_gib, 1),
                        "activations_gib": round(mem.activations_gib, 1), "logits_gib": round(mem.logits_gib, 1)})
+    host = recipe_memory(cfg)
+    hosts = {"train_driver": host.train_driver, "train_rank_load": host.train_rank_load, "merge": host.merge,
+             "eval": host.eval, "export": host.export, "import_hf": host.import_hf}
+    _check_fits(cfg.hardware, stages, nodes, host)
     return {"recipe": cfg.name, "layout": layout.model_dump(), "dp": layout.dp,
+            "host_memory_gib": {k: round(v / GiB, 1) for k, v in hosts.items()},
             "model": {"total_params": model.total_params(), "active_params": model.active_params()},
             "cpt_phases": [{"phase": p, "tokens": b - a} for p, a, b in cpt_phases(cfg)],
             "cpt_tokens_per_step": tokens_per_step(cfg), "nodes": stages}
+
+
+def _check_fits(hw, stages: list[dict], nodes, host) -> None:
+    """Refuse a recipe whose nodes cannot fit the hardware it names, naming the node and the figure."""
+    def refuse(node: str, what: str, need: float, have: float, knob: str, fix: str) -> None:
+        raise ConfigError(f"node {node!r}: {what} needs {need:.1f} GiB, but hardware.{knob} is {have:g} GiB ({fix})")
+
+    split = "a layout that splits the model over more GPUs, or larger GPUs"
+
+    for n in stages:
+        if "steps" in n and hw.gpu_memory_gib and n["memory_gib"] > hw.gpu_memory_gib:
+            refuse(n["node"], "training, per GPU,", n["memory_gib"], hw.gpu_memory_gib, "gpu_memory_gib", split)
+    if not hw.host_memory_gib:
+        return
+    for node in nodes:
+        need = node.resources.get("memory")
+        if need and need / GiB > hw.host_memory_gib:
+            refuse(node.name, f"its {node.stage.split(':')[-1]} process", need / GiB, hw.host_memory_gib,
+                   "host_memory_gib", "it runs in one process: a host with more memory")
+    per_host = host.train_rank_load * hw.gpus_per_host / GiB  # every rank of a host reads its shard at once
+    trained = [n["node"] for n in stages if "steps" in n]
+    if trained and per_host > hw.host_memory_gib:
+        refuse(trained[0], f"loading the hand-off on {hw.gpus_per_host} ranks of one host", per_host,
+               hw.host_memory_gib, "host_memory_gib", split + ", or fewer GPUs per host")
 
 
 def format_plan(p: dict) -> str:
@@ -111,4 +132,6 @@ def format_plan(p: dict) -> str:
             continue
         lines.append(f"{n['node']:<18}{n['objective']:<10}{n['steps']:>7}{n['global_batch']:>7}{n['tokens']:>16,}{n['memory_gib']:>9}"
                      f"  ({n['weights_grads_optimizer_gib']} / {n['activations_gib']} / {n['logits_gib']})")
+    lines += ["", "host memory per process, GiB (requested from Ray for the node's task): "
+              + ", ".join(f"{k} {v}" for k, v in p["host_memory_gib"].items())]
     return "\n".join(lines)

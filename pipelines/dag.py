@@ -24,6 +24,7 @@ from pydantic import BaseModel, ValidationError
 REF = re.compile(r"^\$\{([A-Za-z0-9_\-]+)\.([A-Za-z0-9_\-]+)\}(/.*)?$")  # ${node.output}[/sub/path]
 OUT = "${out}"
 PLACEHOLDER = "/llada-upstream-output/"
+RESOURCES = ("num_cpus", "num_gpus", "memory")  # a node's Ray task options
 
 
 class DagError(ValueError):
@@ -51,6 +52,9 @@ class Node:
     stage: str  # "module:attribute" of a Stage, e.g. "stages.llada:prepare_pretrain"
     config: dict[str, Any]
     after: list[str] = field(default_factory=list)  # ordering-only upstreams (no data passed)
+    # Ray resources of the node's own task (num_cpus, num_gpus, memory in bytes), over the stage's
+    # defaults; not part of the cache key (where a node runs does not change what it computes)
+    resources: dict[str, float] = field(default_factory=dict)
 
     def refs(self) -> list[tuple[str, str]]:
         return sorted({(m.group(1), m.group(2)) for v in _strings(self.config) if (m := REF.match(v))})
@@ -105,6 +109,9 @@ def validate(nodes: list[Node], missing_paths_ok: bool = False) -> list[Node]:
             raise DagError(f"node {node.name!r}: duplicate or reserved name")
         by_name[node.name] = node
     for node in nodes:
+        bad = {k: v for k, v in node.resources.items() if k not in RESOURCES or not isinstance(v, int | float) or v < 0}
+        if bad:
+            raise DagError(f"node {node.name!r}: resources {bad}: each must be one of {sorted(RESOURCES)}, >= 0")
         try:
             stage = load_stage(node.stage)
         except DagError as exc:
@@ -174,8 +181,15 @@ def cache_key(node: Node, stage: Stage, input_digests: dict[str, str]) -> str:
 
 
 def to_json(nodes: list[Node]) -> list[dict]:
-    return [{"name": n.name, "stage": n.stage, "config": n.config, "after": n.after} for n in nodes]
+    return [{"name": n.name, "stage": n.stage, "config": n.config, "after": n.after}
+            | ({"resources": n.resources} if n.resources else {}) for n in nodes]
 
 
 def from_json(rows: list[dict]) -> list[Node]:
-    return [Node(r["name"], r["stage"], r["config"], list(r.get("after", []))) for r in rows]
+    return [Node(r["name"], r["stage"], r["config"], list(r.get("after", [])), dict(r.get("resources", {})))
+            for r in rows]
+
+
+def task_options(node: Node, stage: Stage) -> dict:
+    """Ray options of the node's task: the stage's CPUs unless the node says otherwise."""
+    return {"num_cpus": stage.num_cpus} | node.resources

@@ -19,7 +19,7 @@ from pathlib import Path
 import ray
 
 from llada_core import storage
-from llada_core.cluster import ClusterError, alive_nodes, ensure_ray
+from llada_core.cluster import ClusterError, alive_nodes, check_placeable, ensure_ray
 from llada_core.version import code_version
 from pipelines import dag
 from pipelines.errors import summary
@@ -136,6 +136,7 @@ class Executor:
         with self.store.lock(self.run_id):
             ensure_ray(require_cluster=self.run_doc.get("ray") == "cluster")
             _check_tracking_reachable(self.tracker.tracking_uri)
+            check_placeable({n.name: dag.task_options(n, dag.load_stage(n.stage)) for n in self.nodes})
             from ray.util.queue import Queue
 
             self.queue, progress = Queue(), Progress(self.say)
@@ -239,7 +240,8 @@ class Executor:
         ctx = NodeContext(self.run_id, node.name, key, out_dir, self.store.train_storage(self.run_id),
                           self.tracker.tracking_uri, mlflow_run, parent_run=self.run_doc["mlflow_parent_run"],
                           progress_queue=self.queue)
-        task = ray.remote(_execute_node).options(num_cpus=stage.num_cpus, max_retries=0, name=f"llada:{node.name}")
+        task = ray.remote(_execute_node).options(**dag.task_options(node, stage), max_retries=0,
+                                                 name=f"llada:{node.name}")
         rec["_t0"] = time.time()
         return task.remote(node.stage, resolved, ctx)
 

@@ -103,6 +103,7 @@ def _merge(cfg: MergeConfig, ctx) -> dict:
     for i, path in enumerate(candidates):
         model, _ = load_model(path)
         scores[path] = elbo_perplexity(model, cfg.dataset, "val", cfg.block_size, cfg.max_rows)
+        del model  # one model in memory at a time (llada_recipe.memory)
         ctx.log_metrics(i + 1, {"candidate_val_ppl": scores[path]})
     out = storage.join(cfg.out, "checkpoint")
     storage.delete(out)
@@ -159,6 +160,7 @@ def _eval(cfg: EvalConfig, ctx) -> dict:
         if label in cfg.preference_models:
             r["preference_accuracy"] = preference_accuracy(model, cfg.dpo, "val", cfg.block_size, cfg.max_rows * 2)
         results[label] = r
+        del model, tok  # one model in memory at a time (llada_recipe.memory)
         ctx.log_metrics(i + 1, summary_metrics(label, r))
     ctx.log_summary({k: v for label, r in results.items() for k, v in summary_metrics(label, r).items()})
     out = storage.join(cfg.out, "eval.json")

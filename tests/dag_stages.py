@@ -35,3 +35,22 @@ def _write(cfg: WriteConfig, ctx) -> dict:
 
 
 write = Stage(_write, WriteConfig, outputs=("value",))
+
+
+class AssignedConfig(StrictModel):
+    out: str
+
+
+def _assigned(cfg: AssignedConfig, ctx) -> dict:
+    """Writes the Ray resources its task was given."""
+    import json
+
+    import ray
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "resources.json").write_text(json.dumps(ray.get_runtime_context().get_assigned_resources()))
+    return {"value": str(out)}
+
+
+assigned = Stage(_assigned, AssignedConfig, outputs=("value",))

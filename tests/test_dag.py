@@ -151,3 +151,22 @@ def test_lock_refuses_a_second_driver_and_takes_over_a_dead_one(tmp_path, ray_lo
     _, _, rec = runs.start(path, run_id="held", say=quiet)  # the holder's pid is gone: taken over
     assert states(rec) == dict.fromkeys("abcd", "SUCCEEDED")
     assert not lock.exists()
+
+
+def test_a_nodes_resources_reach_its_ray_task_and_an_unplaceable_one_fails_before_any_node(tmp_path, ray_local):
+    from llada_core.cluster import ClusterError
+
+    def extra(resources):
+        return [{"name": "e", "stage": "tests.dag_stages:assigned", "config": {"out": "${out}"},
+                 "resources": resources}]
+
+    _, _, rec = runs.start(recipe(tmp_path, extra=extra({"num_cpus": 1, "memory": 100 << 20})), say=quiet)
+    got = json.loads(Path(rec["e"]["outputs"]["value"]["uri"], "resources.json").read_text())
+    assert got["CPU"] == 1 and got["memory"] == 100 << 20
+    assert sorted(executions(tmp_path)) == ["a", "b", "c", "d"]
+    with pytest.raises(ClusterError, match=r"node 'e' asks Ray for memory 1048576.0 GiB in one task, but no node of "
+                                           r"the cluster has that much \(largest: memory [0-9.]+ GiB\)"):
+        runs.start(recipe(tmp_path, extra=extra({"memory": 1 << 50}), name="huge"), say=quiet)
+    assert sorted(executions(tmp_path)) == ["a", "b", "c", "d"]  # nothing ran
+    with pytest.raises(dag.DagError, match=r"node 'e': resources \{'gpus': 1.0\}"):
+        runs.start(recipe(tmp_path, extra=extra({"gpus": 1}), name="typo"), say=quiet)

@@ -45,3 +45,40 @@ def test_plan_cli_and_bad_layouts(capsys):
         plan(load_recipe("llada2-mini", ["parallel.ep=96", "parallel.world_size=96"]))  # 256 experts
     with pytest.raises(ConfigError, match="parallel.world_size"):
         load_recipe("llada2-flash", ["parallel.world_size=102"])  # tp=4
+
+
+def test_handoff_memory_matches_a_hand_computed_case():
+    from llada_recipe.memory import RUNTIME_BYTES, handoff_memory, largest_tensor
+
+    cfg = load_preset("tiny")  # 4096 x 128 embedding (untied: output layer too) is the largest tensor
+    assert largest_tensor(cfg) == 4096 * 128
+    m = handoff_memory(cfg, ParallelLayout(world_size=2, ep=2), seq_len=64, width=4, merge_k=3)
+    params, experts = cfg.total_params(), expert_params(cfg)
+    assert m.train_rank_load == RUNTIME_BYTES + int((experts / 2 + params - experts) * 4)
+    logits = 8 * 2 * 64 * 4096 * 4  # one ELBO batch of 8 rows of [x_t ; x_0], fp32
+    assert m.eval == RUNTIME_BYTES + params * 4 + 4096 * 128 * 4 + logits
+    part = params * 4 + 4096 * 128 * 4  # the whole (tiny) model is less than one output part
+    assert m.export == m.import_hf == RUNTIME_BYTES + 2 * part
+    assert m.merge == RUNTIME_BYTES + max(params * 4 + 4096 * 128 * 4 + logits, part + 4096 * 128 * (3 * 4 + 8))
+    assert m.train_driver == RUNTIME_BYTES + params * 4 + part  # one DCP read holds the whole tiny model
+
+
+def test_recipe_nodes_request_the_plans_host_memory_and_plan_refuses_what_does_not_fit():
+    from llada_recipe.build import build_nodes, recipe_memory
+
+    cfg = load_recipe("llada2-mini")
+    need = recipe_memory(cfg)
+    requested = {n.name: n.resources.get("memory") for n in build_nodes(cfg)}
+    assert requested["merge"] == need.merge and requested["eval"] == need.eval
+    assert requested["export"] == need.export and requested["base"] == need.import_hf
+    assert requested["cpt_decay"] == requested["sft"] == need.train_driver
+    assert requested["prepare_pretrain"] is None
+    assert plan(cfg)["host_memory_gib"]["merge"] == round(need.merge / GiB, 1)
+    small = need.merge / GiB - 1  # a host one GiB short of the merge
+    with pytest.raises(ConfigError, match=rf"node 'merge': its merge process needs {need.merge / GiB:.1f} GiB, "
+                                          rf"but hardware.host_memory_gib is {small:g} GiB"):
+        plan(load_recipe("llada2-mini", [f"hardware.host_memory_gib={small}"]))
+    gpu = plan(cfg)["nodes"][4]
+    assert gpu["node"] == "cpt_warmup"
+    with pytest.raises(ConfigError, match=rf"node 'cpt_warmup': training, per GPU, needs {gpu['memory_gib']:.1f} GiB"):
+        plan(load_recipe("llada2-mini", [f"hardware.gpu_memory_gib={gpu['memory_gib'] - 1}"]))
