@@ -31,6 +31,29 @@ def test_cpu_compat_is_applied_only_without_cuda():
     assert cpu_compat.apply() is (not torch.cuda.is_available())
 
 
+def test_the_torch_layer_spec_patches_apply_on_cuda_too():
+    """On a CUDA machine (faked in a fresh interpreter) the CPU shims stay off, but the torch norm
+    accepts sequence parallel (TP > 1 with MoE) and tags its params for the TP grad all-reduce."""
+    import subprocess
+    import sys
+
+    code = """
+import types, torch
+torch.cuda.is_available = lambda: True
+device = torch.cuda.current_device
+from llada_core.parallel import cpu_compat
+from megatron.core.transformer.torch_norm import WrappedTorchNorm
+assert cpu_compat.apply() is False
+assert torch.cuda.current_device is device  # no CPU shim
+cfg = types.SimpleNamespace(sequence_parallel=True, normalization="RMSNorm", layernorm_zero_centered_gamma=False)
+norm = WrappedTorchNorm(cfg, 16)
+assert isinstance(norm, torch.nn.RMSNorm) and norm.weight.sequence_parallel
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
 def test_forward_backward_and_moe_layout(model):
     from megatron.core.transformer.moe.moe_layer import MoELayer
 

@@ -1,7 +1,9 @@
 """megatron-core 0.16.1 on CPU: the ONE place where its CUDA assumptions are bridged.
 
-Applied only in a process without CUDA (`apply()` is a no-op when CUDA is available), before any
-model is built. Each patch names what fails without it (each was confirmed by removing it):
+Applied before any model is built. Patches 3 and 5 bridge the model's torch (non-transformer-engine)
+layer spec and apply on every device, CUDA included (without them TP > 1 with MoE, e.g. llada2-flash,
+asserts in WrappedTorchNorm on GPUs too); the others only in a process without CUDA. Each patch names
+what fails without it (each was confirmed by removing it):
   1. torch.cuda shims: buffers are created on `torch.cuda.current_device()` (router, rotary, SP
      buffers); the alltoall dispatcher creates CUDA streams/events; the tensor-parallel RNG tracker
      reads/writes CUDA RNG state -> map all of it to the CPU.
@@ -27,6 +29,7 @@ import contextlib
 import torch
 
 _applied = False
+_spec_applied = False
 
 
 class _NoEvent:
@@ -114,9 +117,6 @@ def _patch_moe() -> None:
     import megatron.core.transformer.moe.moe_utils as moe_utils
     import megatron.core.transformer.moe.token_dispatcher as dispatcher
 
-    if not hasattr(moe_utils, "te_general_gemm"):
-        moe_utils.te_general_gemm = None
-
     def to_cpu(tensor, as_numpy=False, record_stream=False):
         if torch.is_tensor(tensor):
             tensor = tensor.cpu()
@@ -150,6 +150,13 @@ def _patch_moe() -> None:
 
     mappings._gather_along_first_dim = uneven_gather
     mappings._reduce_scatter_along_first_dim = uneven_reduce_scatter
+
+
+def _patch_router_gemm() -> None:
+    import megatron.core.transformer.moe.moe_utils as moe_utils
+
+    if not hasattr(moe_utils, "te_general_gemm"):
+        moe_utils.te_general_gemm = None
 
 
 def _patch_norm_sequence_parallel() -> None:
@@ -215,8 +222,13 @@ def _patch_optimizer() -> None:
 
 
 def apply() -> bool:
-    """Bridge megatron-core to the CPU; returns True if patches were applied (False on CUDA)."""
-    global _applied
+    """Bridge megatron-core to the torch layer spec (any device) and to the CPU; returns True if the
+    CPU patches were applied (False on CUDA)."""
+    global _applied, _spec_applied
+    if not _spec_applied:
+        _patch_router_gemm()
+        _patch_norm_sequence_parallel()
+        _spec_applied = True
     if torch.cuda.is_available():
         return False
     if not _applied:
@@ -226,7 +238,6 @@ def apply() -> bool:
         _patch_torch_cuda()
         _patch_default_masks()
         _patch_moe()
-        _patch_norm_sequence_parallel()
         _patch_pipeline()
         _patch_optimizer()
         _applied = True
