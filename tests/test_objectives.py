@@ -242,3 +242,17 @@ def test_block_size_one_elbo_is_unbiased_for_the_ar_factorised_nll(lm):
         draws = block_diffusion_loss(lm, x0.repeat(n, 1), doc.repeat(n, 1), 1, MASK, generator=g)
     # the batch loss is the mean over draws of per-draw losses; its MC error is ~1-2% here
     assert draws.loss.item() == pytest.approx(every.loss.item(), rel=0.05)
+
+
+def test_to_device_moves_every_tensor_of_a_batch_and_keeps_the_rest():
+    """Objectives build batches on the CPU; the trainer moves them to the model's device (a GPU there)."""
+    from llada_core.objectives.block_diffusion import NoisedBatch
+    from llada_core.objectives.common import to_device
+
+    g = torch.Generator().manual_seed(0)
+    batch = NoisedBatch(torch.ones(2, 4, dtype=torch.long), torch.zeros(2, 4, dtype=torch.long),
+                        Noise(torch.rand(2), torch.zeros(2, 4, dtype=torch.bool)), 4, 3, (3, 0.1, g))
+    moved = to_device(batch, torch.device("meta"))
+    assert [t.device.type for t in (moved.x0, moved.doc_ids, moved.noise.t, moved.noise.masked)] == ["meta"] * 4
+    assert moved.block_size == 4 and moved.mask_id == 3 and moved.mask_noise[2] is g
+    assert batch.x0.device.type == "cpu"  # the original is untouched

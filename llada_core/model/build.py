@@ -33,7 +33,9 @@ def add_mask_embedding_noise(embeddings: Tensor, input_ids: Tensor, mask_id: int
     whose embedding an AR base model left near zero. embeddings: [B, S, H]."""
     if std <= 0:
         return embeddings
-    noise = torch.randn(embeddings.shape, generator=generator, device=embeddings.device, dtype=embeddings.dtype)
+    # drawn where the (seeded, CPU) generator lives: the same noise on any device
+    noise = torch.randn(embeddings.shape, generator=generator, device=generator.device if generator else "cpu",
+                        dtype=embeddings.dtype).to(embeddings.device)
     return embeddings + std * noise * (input_ids == mask_id).unsqueeze(-1).to(embeddings.dtype)
 
 

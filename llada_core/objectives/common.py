@@ -11,6 +11,7 @@ redraws exactly the masks an uninterrupted run would.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 
@@ -19,6 +20,19 @@ import torch.nn.functional as F
 from torch import Tensor
 
 EPS = 1e-3
+
+
+def to_device(batch, device: torch.device):
+    """A batch (dataclasses, tuples, tensors) with its tensors on `device`: objectives build batches
+    and draw noise on the CPU (seeded generators), the model may live on a GPU."""
+    if isinstance(batch, Tensor):
+        return batch.to(device, non_blocking=True)
+    if dataclasses.is_dataclass(batch):
+        return dataclasses.replace(batch, **{f.name: to_device(getattr(batch, f.name), device)
+                                             for f in dataclasses.fields(batch) if f.init})
+    if isinstance(batch, tuple):
+        return tuple(to_device(x, device) for x in batch)
+    return batch
 
 
 @dataclass

@@ -34,6 +34,7 @@ from llada_core.config import canonical_json
 from llada_core.model.build import LladaModel
 from llada_core.model.hf_config import CheckpointError
 from llada_core.objectives.base import StepContext
+from llada_core.objectives.common import to_device
 from llada_core.objectives.registry import build_objective
 from llada_core.parallel.reshard import current_coords, read_shard
 from llada_core.parallel.setup import init_parallel
@@ -68,6 +69,7 @@ class Trainer:
         model_cfg = resolve_model_config(cfg, self.stream.manifest)
         dtype = training_dtype(cfg)
         self.model = LladaModel(model_cfg, cfg.layout, dtype=dtype)
+        self.device = next(self.model.parameters()).device  # a GPU's under CUDA: batches are built on the CPU
         if cfg.init_checkpoint:
             _load_sharded(self.model, cfg.init_checkpoint)
         self.reference = None
@@ -108,7 +110,7 @@ class Trainer:
             self._real_tokens += self.objective.real_tokens(rows)
             ctx = StepContext(self.mask_id, self.pad_id, self.cfg.seed, self.step_offset + self.step, positions,
                               self._block_size(tokens))
-            batches.append(self.objective.batch(rows, ctx))
+            batches.append(to_device(self.objective.batch(rows, ctx), self.device))
         return batches
 
     def train_step(self) -> dict:
