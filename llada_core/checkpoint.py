@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 
 from llada_core import storage
@@ -28,6 +27,7 @@ from llada_core.data.tokenizer import LladaTokenizer, load_tokenizer
 from llada_core.model.config import ModelConfig
 from llada_core.model.hf_config import CheckpointError
 from llada_core.model.hf_io import expected_shapes
+from llada_core.safetensors_parts import PartWriter
 
 SHARD_BYTES = 2 << 30
 
@@ -49,31 +49,19 @@ def save_checkpoint(out: str | Path, cfg: ModelConfig, tensors: Iterable[tuple[s
     expected = expected_shapes(cfg)
     with storage.output_dir(out, replace=True) as tmp:  # replaces only an incomplete directory
         (tmp / "weights").mkdir()
-        index, shard, size, seen = {}, {}, 0, set()
-
-        def flush():
-            nonlocal shard, size
-            if shard:
-                name = f"part-{len(set(index.values())):05d}.safetensors"
-                save_file(shard, str(tmp / "weights" / name))
-                index.update(dict.fromkeys(shard, name))
-                shard, size = {}, 0
-
+        parts = PartWriter(tmp / "weights", SHARD_BYTES, lambda i: f"part-{i:05d}.safetensors")
         for name, tensor in tensors:
             check_shapes(expected, name, tensor)
-            shard[name] = tensor.detach().contiguous().cpu()
-            seen.add(name)
-            size += tensor.numel() * tensor.element_size()
-            if size >= SHARD_BYTES:
-                flush()
-        flush()
-        missing = sorted(set(expected) - seen)
+            parts.add(name, tensor)
+        files = parts.close()
+        index = parts.where
+        missing = sorted(set(expected) - set(index))
         if missing:
             raise CheckpointError(f"checkpoint lacks tensor(s) {missing[:5]}")
         (tmp / "weights" / "index.json").write_text(json.dumps(index, indent=1, sort_keys=True))
         (tmp / "model_config.json").write_text(canonical_json(cfg) + "\n")
         tok.save(tmp / "tokenizer")
-        digests = {f: storage.file_sha256(tmp / "weights" / f) for f in sorted(set(index.values()))}
+        digests = {f: storage.file_sha256(tmp / "weights" / f) for f in files}
         (tmp / "meta.json").write_text(json.dumps(meta | {"tokenizer_digest": tok.digest, "weights_sha256": digests},
                                                   indent=2, sort_keys=True))
     return out

@@ -3,9 +3,9 @@
 A training checkpoint is megatron-core dist-checkpointing's torch_dist format (torch DCP): every
 rank wrote only its own slices, and the metadata knows each tensor's global shape, whatever TP / EP /
 PP / DP layout saved it. Reading one global tensor at a time (DCP loads just the keys asked for) and
-handing it to `save_checkpoint`, which writes parts of `checkpoint.SHARD_BYTES`, bounds the memory
-to one global tensor plus one part: no rank gathers the model, and the process doing it need not be
-a training rank (the node's driver does it once, after the worker group finished).
+handing it to `save_checkpoint`, which writes its parts tensor by tensor, bounds the memory to one
+read batch (READ_BYTES, or one larger global tensor): no rank gathers the model, and the process
+doing it need not be a training rank (the node's driver does it once, after the worker group finished).
 """
 
 from __future__ import annotations

@@ -3,12 +3,13 @@ cluster and to request Ray resources, not a measurement; bench/handoff_memory.py
 
 Every figure is what one process holds at its peak, by what the code reads at a time:
   training driver: consolidates the final dist-checkpoint: one DCP read (consolidate.READ_BYTES, or one
-    global tensor if larger: a layer's stacked experts) + one output part (checkpoint.SHARD_BYTES);
+    global tensor if larger: a layer's stacked experts) + the tensor being written (parts are
+    written tensor by tensor: llada_core.safetensors_parts);
   training rank: its own slices of the init checkpoint (safetensors slices), in the checkpoint dtype;
   merge: ranks each candidate by validation ELBO (one whole model, fp32 on CPU, loaded tensor by
     tensor) then averages k tensors at a time in fp64 into one output part;
   eval: one whole model (fp32) + the fp32 logits of one ELBO batch;
-  export / import: one tensor + one output part.
+  export / import: one tensor in, one (converted) tensor out.
 Each adds RUNTIME_BYTES (Python, torch, megatron-core, Ray worker).
 """
 
@@ -18,7 +19,6 @@ import json
 import math
 from dataclasses import dataclass
 
-from llada_core.checkpoint import SHARD_BYTES
 from llada_core.consolidate import READ_BYTES
 from llada_core.model.config import ModelConfig, load_preset, pad_vocab
 from llada_core.model.hf_io import expected_shapes
@@ -93,15 +93,14 @@ def handoff_memory(cfg: ModelConfig, layout: ParallelLayout, seq_len: int, width
     """`width`: bytes per weight in the consolidated checkpoint (2 for bf16 training / bf16 imports)."""
     tensor = largest_tensor(cfg) * max(width, EVAL_WIDTH)
     model = cfg.total_params() * EVAL_WIDTH
-    stored = cfg.total_params() * width  # a read batch or an output part never exceeds the model
+    stored = cfg.total_params() * width  # a read batch never exceeds the model
     one_read = max(min(READ_BYTES, stored), stacked_experts(cfg) * width)
     logits = eval_rows * 2 * seq_len * cfg.vocab_size * 4  # block diffusion: [x_t ; x_0]
-    part = min(SHARD_BYTES, stored) + tensor
-    averaging = part + largest_tensor(cfg) * (merge_k * width + 8)
+    averaging = largest_tensor(cfg) * (merge_k * width + 8) + tensor
     return HandoffMemory(
-        train_driver=RUNTIME_BYTES + one_read + part,
+        train_driver=RUNTIME_BYTES + one_read + tensor,
         train_rank_load=RUNTIME_BYTES + int(rank_shard_params(cfg, layout) * width),
         merge=RUNTIME_BYTES + max(model + tensor + logits, averaging),
         eval=RUNTIME_BYTES + model + tensor + logits,
-        export=RUNTIME_BYTES + 2 * part,  # one HF part is built while one of ours is read
-        import_hf=RUNTIME_BYTES + 2 * part)
+        export=RUNTIME_BYTES + 2 * tensor,
+        import_hf=RUNTIME_BYTES + 2 * tensor)

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from llada_core import storage
 from llada_core.checkpoint import SHARD_BYTES, CheckpointReader, save_checkpoint
@@ -21,6 +20,7 @@ from llada_core.data.tokenizer import load_tokenizer
 from llada_core.model.config import pad_vocab
 from llada_core.model.hf_config import CheckpointError, from_hf_config, to_hf_config
 from llada_core.model.hf_io import P, hf_to_megatron, megatron_to_hf_stream
+from llada_core.safetensors_parts import PartWriter
 from llada_core.version import code_version
 
 GROWN = (f"{P}embedding.word_embeddings.weight", f"{P}output_layer.weight")
@@ -87,33 +87,20 @@ def import_hf(hf_dir: str | Path, out: str | Path, add_mask_token: str | None = 
 
 
 def _write_hf_shards(tensors, directory: Path, max_bytes: int) -> list[str]:
-    """HF's sharded safetensors layout, one part in memory at a time: a single `model.safetensors`,
+    """HF's sharded safetensors layout, written one tensor at a time: a single `model.safetensors`,
     or `model-0000i-of-0000N.safetensors` + `model.safetensors.index.json` (what transformers loads)."""
-    parts, part, size, weight_map, total = [], {}, 0, {}, 0
-
-    def flush():
-        nonlocal part, size
-        if part:
-            name = f"part-{len(parts):05d}"
-            save_file(part, str(directory / name), metadata={"format": "pt"})
-            weight_map.update(dict.fromkeys(part, name))
-            parts.append(name)
-            part, size = {}, 0
-
+    parts = PartWriter(directory, max_bytes, lambda i: f"part-{i:05d}", metadata={"format": "pt"})
     for name, tensor in tensors:
-        if part and size + tensor.numel() * tensor.element_size() > max_bytes:
-            flush()
-        part[name] = tensor
-        size += tensor.numel() * tensor.element_size()
-        total += tensor.numel() * tensor.element_size()
-    flush()
-    if len(parts) == 1:
-        (directory / parts[0]).rename(directory / "model.safetensors")
+        parts.add(name, tensor)
+    written = parts.close()
+    if len(written) == 1:
+        (directory / written[0]).rename(directory / "model.safetensors")
         return ["model.safetensors"]
-    final = {p: f"model-{i + 1:05d}-of-{len(parts):05d}.safetensors" for i, p in enumerate(parts)}
+    final = {p: f"model-{i + 1:05d}-of-{len(written):05d}.safetensors" for i, p in enumerate(written)}
     for old, new in final.items():
         (directory / old).rename(directory / new)
-    index = {"metadata": {"total_size": total}, "weight_map": {k: final[v] for k, v in sorted(weight_map.items())}}
+    index = {"metadata": {"total_size": parts.total},
+             "weight_map": {k: final[v] for k, v in sorted(parts.where.items())}}
     (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
     return list(final.values())
 

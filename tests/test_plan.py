@@ -57,10 +57,10 @@ def test_handoff_memory_matches_a_hand_computed_case():
     assert m.train_rank_load == RUNTIME_BYTES + int((experts / 2 + params - experts) * 4)
     logits = 8 * 2 * 64 * 4096 * 4  # one ELBO batch of 8 rows of [x_t ; x_0], fp32
     assert m.eval == RUNTIME_BYTES + params * 4 + 4096 * 128 * 4 + logits
-    part = params * 4 + 4096 * 128 * 4  # the whole (tiny) model is less than one output part
-    assert m.export == m.import_hf == RUNTIME_BYTES + 2 * part
-    assert m.merge == RUNTIME_BYTES + max(params * 4 + 4096 * 128 * 4 + logits, part + 4096 * 128 * (3 * 4 + 8))
-    assert m.train_driver == RUNTIME_BYTES + params * 4 + part  # one DCP read holds the whole tiny model
+    tensor = 4096 * 128 * 4  # parts are written tensor by tensor: one tensor in flight
+    assert m.export == m.import_hf == RUNTIME_BYTES + 2 * tensor
+    assert m.merge == RUNTIME_BYTES + max(params * 4 + tensor + logits, 4096 * 128 * (3 * 4 + 8) + tensor)
+    assert m.train_driver == RUNTIME_BYTES + params * 4 + tensor  # one DCP read holds the whole tiny model
 
 
 def test_recipe_nodes_request_the_plans_host_memory_and_plan_refuses_what_does_not_fit():
