@@ -18,7 +18,6 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from torch import Tensor
 
 from llada_core import storage
@@ -27,7 +26,7 @@ from llada_core.data.tokenizer import LladaTokenizer, load_tokenizer
 from llada_core.model.config import ModelConfig
 from llada_core.model.hf_config import CheckpointError
 from llada_core.model.hf_io import expected_shapes
-from llada_core.safetensors_parts import PartWriter
+from llada_core.safetensors_parts import LazyTensor, PartReader, PartWriter
 
 SHARD_BYTES = 2 << 30
 
@@ -85,8 +84,8 @@ def read_checkpoint_header(path: str | Path) -> tuple[ModelConfig, dict]:
 
 class CheckpointReader:
     """A consolidated checkpoint, verified (every part's sha256, every tensor's name and shape, the
-    tokenizer) before anything is read, then read tensor by tensor or slice by slice: safetensors
-    memory-maps the parts, so a process holds only what it asks for."""
+    tokenizer) before anything is read, then read tensor by tensor or slice by slice: a process
+    holds only what it asks for."""
 
     def __init__(self, path: str | Path):
         self.cfg, self.meta = read_checkpoint_header(path)
@@ -97,11 +96,13 @@ class CheckpointReader:
             if not part.is_file() or storage.file_sha256(part) != want:
                 raise CheckpointError(f"{part}: missing or corrupted (sha256 differs from meta.json)")
         weights = self.path / "weights"
-        self._files = {f: safe_open(str(weights / f), framework="pt") for f in sorted(set(index.values()))}
+        self._files = {f: PartReader(weights / f) for f in sorted(set(index.values()))}
         self._where = {name: self._files[f] for name, f in index.items()}
         expected = expected_shapes(self.cfg)
-        for name, handle in self._where.items():
-            check_shapes(expected, name, _Shape(handle.get_slice(name).get_shape()))
+        for name, part in self._where.items():
+            if name not in part.entries:
+                raise CheckpointError(f"{part.path}: lacks tensor {name!r} that weights/index.json places there")
+            check_shapes(expected, name, _Shape(part.shape(name)))
         missing = sorted(set(expected) - set(self._where))
         if missing:
             raise CheckpointError(f"{self.path}: missing tensor(s) {missing[:5]}")
@@ -116,11 +117,11 @@ class CheckpointReader:
         return list(self._where)
 
     def tensor(self, name: str) -> Tensor:
-        return self._where[name].get_tensor(name)
+        return self._where[name].tensor(name)
 
-    def slice(self, name: str):
-        """safetensors' lazy slice: `[a:b]`, `[:, a:b]` read only those rows / columns."""
-        return self._where[name].get_slice(name)
+    def slice(self, name: str) -> LazyTensor:
+        """A lazy tensor: `[a:b]`, `[:, a:b]` read only those rows / columns (plain reads, no memory map)."""
+        return self._where[name].lazy(name)
 
 
 class _Shape:
@@ -147,13 +148,23 @@ def load_into(model, state: dict[str, Tensor]) -> None:
 def load_streamed(model, reader: CheckpointReader) -> None:
     """Strict load of a whole checkpoint into a 1-rank LladaModel, one tensor in memory at a time
     (the model's own parameters are the only full copy)."""
+    copy_into(model, ((name, reader.tensor(name)) for name in reader.names()))
+
+
+def copy_into(model, tensors: Iterable[tuple[str, Tensor]]) -> None:
+    """Strict load of (name, tensor) pairs into a LladaModel's own tensors, one pair at a time."""
     own = {k: v for k, v in model.state_dict(keep_vars=True).items() if not k.endswith("_extra_state")}
-    missing, unexpected = sorted(set(own) - set(reader.names())), sorted(set(reader.names()) - set(own))
-    if missing or unexpected:
-        raise CheckpointError(f"state mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    seen = set()
     with torch.no_grad():
-        for name in reader.names():
-            own[name].copy_(reader.tensor(name))
+        for name, tensor in tensors:
+            if name not in own:
+                raise CheckpointError(f"state mismatch: unexpected {name!r}")
+            if tuple(own[name].shape) != tuple(tensor.shape):
+                raise CheckpointError(f"{name}: shape {tuple(tensor.shape)}, the model has {tuple(own[name].shape)}")
+            own[name].copy_(tensor)
+            seen.add(name)
+    if missing := sorted(set(own) - seen):
+        raise CheckpointError(f"state mismatch: missing {missing[:5]}")
 
 
 def tensors_digest(state: dict[str, Tensor]) -> str:

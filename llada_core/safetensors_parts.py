@@ -1,4 +1,4 @@
-"""Safetensors files written one tensor at a time (the consolidated checkpoint's parts, HF exports).
+"""Safetensors files written and read one tensor at a time (consolidated checkpoints, HF exports).
 
 `safetensors.torch.save_file` takes a whole dict: writing a 2 GiB part that way holds 2 GiB. A
 safetensors file is `u64 header length | JSON header (name -> dtype, shape, byte offsets) | bytes`,
@@ -10,6 +10,8 @@ from disk. Memory: one tensor. Readers are the safetensors library itself (tests
 from __future__ import annotations
 
 import json
+import math
+import os
 import shutil
 import struct
 from collections.abc import Callable
@@ -18,9 +20,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16",
-           torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-           torch.bool: "BOOL"}
+_DTYPES: dict[torch.dtype, str] = {
+    torch.float64: "F64", torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.int64: "I64",
+    torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL"}
 
 
 class PartWriter:
@@ -67,3 +69,92 @@ class PartWriter:
         data_path.unlink()
         self.where.update(dict.fromkeys(self._header, part))
         self._data, self._header, self._size, self._parts = None, {}, 0, self._parts + 1
+
+
+_FROM_NAME = {v: k for k, v in _DTYPES.items()}
+_CHUNK = 64 << 20  # column slices are read this many bytes of rows at a time
+
+
+class PartReader:
+    """One safetensors file: its header parsed once, tensors read on demand."""
+
+    def __init__(self, path: str | Path):
+        self.path = str(path)
+        try:
+            with open(self.path, "rb") as fh:
+                (n,) = struct.unpack("<Q", fh.read(8))
+                header = json.loads(fh.read(n))
+        except (struct.error, ValueError, MemoryError, OverflowError) as exc:
+            raise ValueError(f"{self.path}: not a readable safetensors file ({exc})") from None
+        self.metadata = header.pop("__metadata__", None)
+        self.entries, self._start = header, 8 + n
+
+    def keys(self) -> list[str]:
+        return list(self.entries)
+
+    def shape(self, key: str) -> list[int]:
+        return list(self.entries[key]["shape"])
+
+    def tensor(self, key: str) -> Tensor:
+        return self.rows(key, 0, self.shape(key)[0] if self.shape(key) else 1)
+
+    def rows(self, key: str, start: int, stop: int) -> Tensor:
+        """Rows [start, stop) of dim 0 (a 0-d tensor: the whole of it), one contiguous read."""
+        entry = self.entries[key]
+        dtype, shape, (b0, b1) = _FROM_NAME[entry["dtype"]], entry["shape"], entry["data_offsets"]
+        if not shape:
+            return self._read(b0, b1 - b0, dtype).reshape(())
+        row = (b1 - b0) // shape[0] if shape[0] else 0
+        return self._read(b0 + start * row, (stop - start) * row, dtype).reshape([stop - start, *shape[1:]])
+
+    def columns(self, key: str, start: int, stop: int) -> Tensor:
+        """Columns [start, stop) of dim 1, reading about _CHUNK bytes of whole rows at a time."""
+        shape, width = self.shape(key), torch.empty(0, dtype=_FROM_NAME[self.entries[key]["dtype"]]).element_size()
+        per_row = max(1, math.prod(shape[1:])) * width
+        step = max(1, _CHUNK // per_row)
+        parts = [self.rows(key, a, min(a + step, shape[0]))[:, start:stop].clone() for a in range(0, shape[0], step)]
+        return torch.cat(parts) if parts else self.rows(key, 0, 0)[:, start:stop]
+
+    def lazy(self, key: str) -> LazyTensor:
+        return LazyTensor(self, key)
+
+    def _read(self, offset: int, n: int, dtype: torch.dtype) -> Tensor:
+        if n == 0:
+            return torch.empty(0, dtype=dtype)
+        buf = bytearray(n)
+        view, done = memoryview(buf), 0
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            while done < n:  # pread returns at most ~2 GiB per call
+                got = os.preadv(fd, [view[done:]], self._start + offset + done)
+                if got <= 0:
+                    raise OSError(f"{self.path}: truncated (wanted {n} bytes at {offset})")
+                done += got
+        finally:
+            os.close(fd)
+        return torch.frombuffer(buf, dtype=dtype)
+
+
+class LazyTensor:
+    """What `reshard.read_shard` indexes (safetensors' slice interface): `[:]`, `[a:b]` (rows) and
+    `[:, a:b]` (columns) read only those bytes."""
+
+    def __init__(self, part: PartReader, key: str):
+        self.part, self.key = part, key
+
+    def get_shape(self) -> list[int]:
+        return self.part.shape(self.key)
+
+    def __getitem__(self, index) -> Tensor:
+        shape = self.get_shape()
+        if index == slice(None):
+            return self.part.tensor(self.key)
+        if isinstance(index, slice) and shape:
+            start, stop, step = index.indices(shape[0])
+            if step == 1:
+                return self.part.rows(self.key, start, max(start, stop))
+        if isinstance(index, tuple) and len(index) == 2 and index[0] == slice(None) and len(shape) >= 2:
+            start, stop, step = index[1].indices(shape[1])
+            if step == 1:
+                return self.part.columns(self.key, start, max(start, stop))
+        raise IndexError(f"{self.key}: only [:], [a:b] and [:, a:b] are read lazily, not {index!r}")

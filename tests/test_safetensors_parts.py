@@ -36,3 +36,27 @@ def test_parts_written_tensor_by_tensor_read_back_exactly_with_safetensors(tmp_p
         (tmp_path / "x").mkdir()
         w2.add("a", torch.zeros(1))
         w2.add("a", torch.zeros(1))
+
+
+def test_the_reader_reads_rows_and_columns_with_plain_reads_exactly(tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    import llada_core.safetensors_parts as parts
+
+    g = torch.Generator().manual_seed(1)
+    tensors = {"w": torch.randn(9, 6, generator=g), "b": torch.randn(5, 4, generator=g).to(torch.bfloat16),
+               "v": torch.randn(7, generator=g), "s": torch.tensor(3), "e": torch.zeros(0, 3)}
+    save_file(tensors, str(tmp_path / "f.safetensors"))  # the library's writer, our reader
+    monkeypatch.setattr(parts, "_CHUNK", 30)  # a column read takes several row chunks
+    r = parts.PartReader(tmp_path / "f.safetensors")
+    for k, v in tensors.items():
+        assert torch.equal(r.tensor(k), v) and r.tensor(k).dtype == v.dtype and r.shape(k) == list(v.shape), k
+    assert torch.equal(r.lazy("w")[2:5], tensors["w"][2:5])
+    assert torch.equal(r.lazy("w")[:, 1:4], tensors["w"][:, 1:4])
+    assert torch.equal(r.lazy("b")[:, 2:4], tensors["b"][:, 2:4])
+    assert torch.equal(r.lazy("v")[3:7], tensors["v"][3:7]) and torch.equal(r.lazy("e")[:], tensors["e"])
+    with pytest.raises(IndexError, match="only"):
+        r.lazy("w")[::2]
+    (tmp_path / "bad.safetensors").write_bytes(b"\xff" * 12)
+    with pytest.raises(ValueError, match="bad.safetensors: not a readable safetensors file"):
+        parts.PartReader(tmp_path / "bad.safetensors")

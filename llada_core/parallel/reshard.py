@@ -15,6 +15,7 @@ Rules (megatron-core's layouts, confirmed against built models):
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -115,9 +116,13 @@ def _part(n: int, rank: int, size: int) -> slice:
 
 
 def read_shard(get_slice, names: list[str], cfg: ModelConfig, c: RankCoords) -> dict[str, Tensor]:
-    """shard_state without the consolidated state in memory: `get_slice(name)` is a lazy tensor
-    (safetensors' slice: indexing reads only those rows / columns), so a rank reads just its shard."""
-    out = {}
+    return dict(iter_shard(get_slice, names, cfg, c))
+
+
+def iter_shard(get_slice, names: list[str], cfg: ModelConfig, c: RankCoords) -> Iterator[tuple[str, Tensor]]:
+    """shard_state without the consolidated state in memory, one (local name, tensor) at a time:
+    `get_slice(name)` is a lazy tensor (indexing reads only those rows / columns), so a rank reads
+    just its shard and can copy each piece into its model before reading the next."""
     for name in names:
         local = shard_name(name, cfg, c)
         if local is None:
@@ -126,14 +131,13 @@ def read_shard(get_slice, names: list[str], cfg: ModelConfig, c: RankCoords) -> 
         lazy = get_slice(name)
         shape = lazy.get_shape()
         if dim is None or size == 1:
-            out[local] = lazy[:]
+            yield local, lazy[:]
         elif gated:  # [gate ; up]: this rank's rows of each half
             half, rows = shape[0] // 2, _part(shape[0] // 2, rank, size)
-            out[local] = torch.cat([lazy[rows], lazy[rows.start + half:rows.stop + half]])
+            yield local, torch.cat([lazy[rows], lazy[rows.start + half:rows.stop + half]])
         else:
             cut = _part(shape[dim], rank, size)
-            out[local] = lazy[cut] if dim == 0 else lazy[:, cut]
-    return out
+            yield local, lazy[cut] if dim == 0 else lazy[:, cut]
 
 
 def unshard_state(shards: dict[RankCoords, dict[str, Tensor]], cfg: ModelConfig, names: list[str]) -> dict[str, Tensor]:

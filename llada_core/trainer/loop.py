@@ -29,14 +29,14 @@ from megatron.core import parallel_state as ps
 from megatron.core.distributed import finalize_model_grads
 
 from llada_core import storage
-from llada_core.checkpoint import CheckpointReader, load_into
+from llada_core.checkpoint import CheckpointReader, copy_into
 from llada_core.config import canonical_json
 from llada_core.model.build import LladaModel
 from llada_core.model.hf_config import CheckpointError
 from llada_core.objectives.base import StepContext
 from llada_core.objectives.common import to_device
 from llada_core.objectives.registry import build_objective
-from llada_core.parallel.reshard import current_coords, read_shard
+from llada_core.parallel.reshard import current_coords, iter_shard
 from llada_core.parallel.setup import init_parallel
 from llada_core.trainer import optim
 from llada_core.trainer.config import (
@@ -55,7 +55,7 @@ def _load_sharded(model: LladaModel, path: str) -> None:
     reader = CheckpointReader(path)
     if reader.cfg != model.cfg:
         raise CheckpointError(f"{path}: its model config differs from the stage's model")
-    load_into(model, read_shard(reader.slice, reader.names(), reader.cfg, current_coords()))
+    copy_into(model, iter_shard(reader.slice, reader.names(), reader.cfg, current_coords()))
 
 
 class Trainer:
