@@ -5,7 +5,10 @@ Every figure is what one process holds at its peak, by what the code reads at a 
   training driver: consolidates the final dist-checkpoint: one DCP read (consolidate.READ_BYTES, or one
     global tensor if larger: a layer's stacked experts) + the tensor being written (parts are
     written tensor by tensor: llada_core.safetensors_parts);
-  training rank: its own slices of the init checkpoint (safetensors slices), in the checkpoint dtype;
+  training rank, loading: its own slices of the init checkpoint, in the checkpoint dtype;
+  training rank, saving: megatron's dist-checkpoint save first copies every tensor the rank saves to
+    host memory (`preload_tensors`): its weights + fp32 main weights and Adam m, v (12 B; 8 B in
+    fp32 training, whose weights are the main weights);
   merge: ranks each candidate by validation ELBO (one whole model, fp32 on CPU, loaded tensor by
     tensor) then averages k tensors at a time in fp64 into one output part;
   eval: one whole model (fp32) + the fp32 logits of one ELBO batch;
@@ -53,6 +56,7 @@ class HandoffMemory:
 
     train_driver: int
     train_rank_load: int
+    train_rank_save: int
     merge: int
     eval: int
     export: int
@@ -100,6 +104,7 @@ def handoff_memory(cfg: ModelConfig, layout: ParallelLayout, seq_len: int, width
     return HandoffMemory(
         train_driver=RUNTIME_BYTES + one_read + tensor,
         train_rank_load=RUNTIME_BYTES + int(rank_shard_params(cfg, layout) * width),
+        train_rank_save=RUNTIME_BYTES + int(rank_shard_params(cfg, layout) * (width + (12 if width == 2 else 8))),
         merge=RUNTIME_BYTES + max(model + tensor + logits, averaging),
         eval=RUNTIME_BYTES + model + tensor + logits,
         export=RUNTIME_BYTES + 2 * tensor,

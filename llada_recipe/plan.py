@@ -82,7 +82,8 @@ def plan(cfg) -> dict:
                        "weights_grads_optimizer_gib": round(mem.weights_grads_optimizer_gib, 1),
                        "activations_gib": round(mem.activations_gib, 1), "logits_gib": round(mem.logits_gib, 1)})
     host = recipe_memory(cfg)
-    hosts = {"train_driver": host.train_driver, "train_rank_load": host.train_rank_load, "merge": host.merge,
+    hosts = {"train_driver": host.train_driver, "train_rank_load": host.train_rank_load,
+             "train_rank_save": host.train_rank_save, "merge": host.merge,
              "eval": host.eval, "export": host.export, "import_hf": host.import_hf}
     _check_fits(cfg.hardware, stages, nodes, host)
     return {"recipe": cfg.name, "layout": layout.model_dump(), "dp": layout.dp,
@@ -109,11 +110,13 @@ def _check_fits(hw, stages: list[dict], nodes, host) -> None:
         if need and need / GiB > hw.host_memory_gib:
             refuse(node.name, f"its {node.stage.split(':')[-1]} process", need / GiB, hw.host_memory_gib,
                    "host_memory_gib", "it runs in one process: a host with more memory")
-    per_host = host.train_rank_load * hw.gpus_per_host / GiB  # every rank of a host reads its shard at once
     trained = [n["node"] for n in stages if "steps" in n]
-    if trained and per_host > hw.host_memory_gib:
-        refuse(trained[0], f"loading the hand-off on {hw.gpus_per_host} ranks of one host", per_host,
-               hw.host_memory_gib, "host_memory_gib", split + ", or fewer GPUs per host")
+    for what, per_rank in (("loading the hand-off", host.train_rank_load),
+                           ("saving a checkpoint", host.train_rank_save)):
+        per_host = per_rank * hw.gpus_per_host / GiB  # every rank of a host does it at once
+        if trained and per_host > hw.host_memory_gib:
+            refuse(trained[0], f"{what} on {hw.gpus_per_host} ranks of one host", per_host,
+                   hw.host_memory_gib, "host_memory_gib", split + ", or fewer GPUs per host")
 
 
 def format_plan(p: dict) -> str:

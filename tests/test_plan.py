@@ -55,6 +55,7 @@ def test_handoff_memory_matches_a_hand_computed_case():
     m = handoff_memory(cfg, ParallelLayout(world_size=2, ep=2), seq_len=64, width=4, merge_k=3)
     params, experts = cfg.total_params(), expert_params(cfg)
     assert m.train_rank_load == RUNTIME_BYTES + int((experts / 2 + params - experts) * 4)
+    assert m.train_rank_save == RUNTIME_BYTES + int((experts / 2 + params - experts) * (4 + 8))  # + Adam m, v
     logits = 8 * 2 * 64 * 4096 * 4  # one ELBO batch of 8 rows of [x_t ; x_0], fp32
     assert m.eval == RUNTIME_BYTES + params * 4 + 4096 * 128 * 4 + logits
     tensor = 4096 * 128 * 4  # parts are written tensor by tensor: one tensor in flight
@@ -78,6 +79,9 @@ def test_recipe_nodes_request_the_plans_host_memory_and_plan_refuses_what_does_n
     with pytest.raises(ConfigError, match=rf"node 'merge': its merge process needs {need.merge / GiB:.1f} GiB, "
                                           rf"but hardware.host_memory_gib is {small:g} GiB"):
         plan(load_recipe("llada2-mini", [f"hardware.host_memory_gib={small}"]))
+    with pytest.raises(ConfigError, match=r"node 'cpt_warmup': saving a checkpoint on 8 ranks of one host needs "
+                                          rf"{need.train_rank_save * 8 / GiB:.1f} GiB"):
+        plan(load_recipe("llada2-mini", [f"hardware.host_memory_gib={need.train_rank_save * 8 / GiB - 1}"]))
     gpu = plan(cfg)["nodes"][4]
     assert gpu["node"] == "cpt_warmup"
     with pytest.raises(ConfigError, match=rf"node 'cpt_warmup': training, per GPU, needs {gpu['memory_gib']:.1f} GiB"):
