@@ -4,8 +4,9 @@
 
 A synthetic wide Ling-shaped MoE (~0.5B parameters, fp32: ~2 GB) on CPU. Each case runs in fresh
 processes (world 2: two gloo ranks spawned by the case's process) and reports, per process, the peak
-RSS (VmHWM) above the RSS it had before the case began (imports and process group done, no model),
-next to its own shard (the rank's weights; 0 for a process that only converts):
+RSS (VmHWM, restarted once the rank's model is built) above the RSS it had before the case began
+(imports and process group done, no model), next to its own shard (the rank's weights; 0 for a
+process that only converts):
   save     end of a stage: "previous" all-gathers every shard onto every rank (all_gather_object) and
            rank 0 writes the consolidated checkpoint; "today" each rank writes its own slices
            (dist-checkpointing) and the node's driver streams them into the consolidated checkpoint;
@@ -100,12 +101,12 @@ def rank_case(rank: int, world: int, port: int, case: str, path: str, layout: st
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     from megatron.core import dist_checkpointing
 
-    from llada_core.checkpoint import CheckpointReader, load_checkpoint, load_into, save_checkpoint
+    from llada_core.checkpoint import load_checkpoint, load_into, save_checkpoint
     from llada_core.data.tokenizer import load_tokenizer
     from llada_core.model.build import LladaModel
     from llada_core.model.hf_io import expected_shapes
     from llada_core.parallel.layout import ParallelLayout
-    from llada_core.parallel.reshard import current_coords, read_shard, shard_state, unshard_state
+    from llada_core.parallel.reshard import current_coords, shard_state, unshard_state
     from llada_core.parallel.setup import init_parallel
 
     init_parallel(ParallelLayout(**LAYOUTS[layout]), seed=0)
@@ -113,6 +114,9 @@ def rank_case(rank: int, world: int, port: int, case: str, path: str, layout: st
     base = rss()["VmRSS"]
     model = LladaModel(model_cfg(), ParallelLayout(**LAYOUTS[layout]))
     own = own_bytes(model)
+    # the peak of building the model (megatron's CPU init makes a master copy per tensor) is not the
+    # hand-off's: the high-water mark restarts at the model's resident size (Linux clear_refs "5")
+    Path("/proc/self/clear_refs").write_text("5")
     if case == "save" and path == "previous":
         use_previous_writer()
         local = {k: v.detach() for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
@@ -131,9 +135,10 @@ def rank_case(rank: int, world: int, port: int, case: str, path: str, layout: st
     elif path == "today (state)":
         msd = model.gpt.sharded_state_dict(metadata={"non_homogeneous_layers": True})
         model.gpt.load_state_dict(dist_checkpointing.load(msd, str(w / "state-tp2")), strict=True)
-    else:
-        reader = CheckpointReader(w / "ckpt")
-        load_into(model, read_shard(reader.slice, reader.names(), reader.cfg, current_coords()))
+    else:  # what the trainer does with an init checkpoint
+        from llada_core.trainer.loop import _load_sharded
+
+        _load_sharded(model, str(w / "ckpt"))
     dist.barrier()
     report = {"base": base, "peak": rss()["VmHWM"], "own": own, "process": f"rank {rank}"}
     (w / f"report-{rank}.json").write_text(json.dumps(report))

@@ -6,19 +6,17 @@ Contract: DST/manifest.json + DST/{train,val}/part-NNNNN.parquet with `input_ids
 
 from __future__ import annotations
 
-import sys
 from typing import Literal
 
 import pyarrow as pa
-import pyarrow.compute as pc
 from pydantic import Field, field_validator, model_validator
 
 from llada_core.cluster import ensure_ray
 from llada_core.config import StrictModel
-from llada_core.data.manifest import common_fields
+from llada_core.data.manifest import common_fields, content_key, merge_records
 from llada_core.data.packing import PAD_DOC, RowPacker
-from llada_core.data.ray_pipeline import flat_lists, stream_encoded
-from llada_core.data.shards import DatasetWriter
+from llada_core.data.ranges import RANGES, RangeJob, RangeSettings, flat_lists, prepare_ranges, split_of
+from llada_core.data.shards import SPLITS, DatasetWriter
 from llada_core.data.sources import (
     DataError,
     SourceFile,
@@ -29,7 +27,6 @@ from llada_core.data.sources import (
 )
 from llada_core.data.tokenizer import LladaTokenizer, load_tokenizer, train_bpe
 
-SPLITS = ("train", "val")
 PACKED_SCHEMA = pa.schema([("input_ids", pa.list_(pa.int32())), ("doc_ids", pa.list_(pa.int32()))])
 
 
@@ -49,7 +46,7 @@ class TokenizerSpec(StrictModel):
         return self
 
 
-class PretrainDataSettings(StrictModel):
+class PretrainDataSettings(RangeSettings):
     """What a recipe's `data:` section sets; the recipe adds the wiring (PrepareDataConfig)."""
 
     tokenizer: TokenizerSpec = TokenizerSpec(train=True)
@@ -90,53 +87,74 @@ def build_tokenizer(spec: TokenizerSpec, sources: list[SourceFile], on_bad_utf8:
     return train_bpe(_training_texts(sources, spec.train_max_bytes, on_bad_utf8), spec.vocab_size)
 
 
+class PackBuilder:
+    """One range's rows: its documents (+EOS) packed per split (llada_core.data.packing)."""
+
+    def __init__(self, tok: LladaTokenizer, seq_len: int, seed: int, val_fraction: float, on_bad_utf8: str):
+        self.tok, self.seed, self.val_fraction, self.on_bad_utf8 = tok, seed, val_fraction, on_bad_utf8
+        self.packers = {s: RowPacker(seq_len, tok.ids["eos"], tok.ids["pad"]) for s in SPLITS}
+        self.files: dict[str, dict] = {}
+        self.skipped = {"bad_utf8": 0, "empty": 0}
+        self.pad = dict.fromkeys(SPLITS, 0)
+        self.bad_utf8_in: str | None = None
+
+    def rows(self, records: list[dict], file_no: int, uri: str):
+        texts = []
+        for record in records:
+            if record.get("__bad_utf8__"):
+                if self.on_bad_utf8 == "fail":
+                    raise DataError(f"{uri}: not valid UTF-8 (on_bad_utf8=fail)")
+                self.skipped["bad_utf8"] += 1
+                self.bad_utf8_in = self.bad_utf8_in or uri
+            else:
+                texts.append(record["text"])
+        stats = self.files.setdefault(str(file_no), {"documents": 0, "tokens": 0})
+        docs: dict[str, list[list[int]]] = {s: [] for s in SPLITS}
+        for text, ids in zip(texts, self.tok.encode_batch(texts) if texts else [], strict=True):
+            if not ids:
+                self.skipped["empty"] += 1
+                continue
+            stats["documents"] += 1
+            stats["tokens"] += len(ids) + 1
+            docs["val" if split_of(text, self.seed, self.val_fraction) else "train"].append(ids)
+        for split, batch in docs.items():
+            if batch:
+                values, offsets = flat_lists(pa.array(batch, type=pa.list_(pa.int32())))
+                for row_ids, row_docs in self.packers[split].add_batch(values, offsets):
+                    yield split, {"input_ids": row_ids, "doc_ids": row_docs}
+
+    def finish(self):
+        for split, packer in self.packers.items():
+            for row_ids, row_docs in packer.flush():
+                self.pad[split] += int((row_docs == PAD_DOC).sum())
+                yield split, {"input_ids": row_ids, "doc_ids": row_docs}
+
+    def summary(self) -> dict:
+        splits = {s: {"documents": p.documents, "tokens": p.tokens, "pad_tokens": self.pad[s]}
+                  for s, p in self.packers.items()}
+        return {"files": self.files, "skipped": self.skipped, "splits": splits, "bad_utf8_in": self.bad_utf8_in}
+
+
 def run(cfg: PrepareDataConfig) -> dict:
-    """Run the stage; returns the manifest. Raises DataError before writing on bad input."""
+    """Run the stage; returns the manifest. Raises DataError before writing on bad input. Ranges of
+    the input are packed in parallel and a re-run continues an interrupted one (llada_core.data.ranges)."""
     sources = list_sources(cfg.input)
     columns = check_columns(sources, [("text",)])
     writer = DatasetWriter(cfg.out, PACKED_SCHEMA, cfg.rows_per_shard, cfg.overwrite)
     writer.check_target()
     tok = build_tokenizer(cfg.tokenizer, sources, cfg.on_bad_utf8)
     ensure_ray()
-
-    ids = tok.ids
-    packers = {s: RowPacker(cfg.seq_len, ids["eos"], ids["pad"]) for s in SPLITS}
-    per_source = [{"documents": 0, "tokens": 0} for _ in sources]
-    skipped = {"bad_utf8": 0, "empty": 0}
-    writer.open()
+    writer.open(resumable=True)
     try:
         for name, data in tok.files().items():
             writer.write_file(f"tokenizer/{name}", data)
-        for table in stream_encoded(sources, columns, tok, "pretrain", cfg.seed, cfg.val_fraction, cfg.num_workers,
-                                    cfg.verbose):
-            bad = table["bad_utf8"].to_numpy(zero_copy_only=False)
-            if bad.any():
-                first = sources[table["file_no"].to_pylist()[int(bad.argmax())]].uri
-                if cfg.on_bad_utf8 == "fail":
-                    raise DataError(f"{first}: not valid UTF-8 (on_bad_utf8=fail)")
-                skipped["bad_utf8"] += int(bad.sum())
-                print(f"warning: skipping non-UTF-8 document in {first}", file=sys.stderr)
-            lengths = pc.list_value_length(table["input_ids"]).to_numpy(zero_copy_only=False)
-            empty = (lengths == 0) & ~bad
-            skipped["empty"] += int(empty.sum())
-            keep = ~bad & ~empty
-            for file_no, n in zip(table["file_no"].to_numpy(), lengths, strict=True):
-                if n:
-                    per_source[file_no]["documents"] += 1
-                    per_source[file_no]["tokens"] += int(n) + 1
-            is_val = table["is_val"].to_numpy(zero_copy_only=False)
-            for split, mask in (("train", keep & ~is_val), ("val", keep & is_val)):
-                if mask.any():
-                    values, offsets = flat_lists(table.filter(pa.array(mask))["input_ids"])
-                    for row_ids, row_docs in packers[split].add_batch(values, offsets):
-                        writer.add(split, input_ids=row_ids, doc_ids=row_docs)
-        splits = {}
-        for split, packer in packers.items():
-            pad = 0
-            for row_ids, row_docs in packer.flush():
-                pad += int((row_docs == PAD_DOC).sum())
-                writer.add(split, input_ids=row_ids, doc_ids=row_docs)
-            splits[split] = {"documents": packer.documents, "tokens": packer.tokens, "pad_tokens": pad}
+        job = RangeJob(PACKED_SCHEMA, cfg.rows_per_shard, PackBuilder,
+                       {"seq_len": cfg.seq_len, "seed": cfg.seed, "val_fraction": cfg.val_fraction,
+                        "on_bad_utf8": cfg.on_bad_utf8})
+        records = prepare_ranges(writer.staging_uri, writer.local, sources, columns, tok, job, content_key(cfg, tok),
+                                 cfg.range_bytes, cfg.num_workers, cfg.verbose)
+        merged = merge_records(records, sources)
+        splits = merged["splits"]
         if not any(s["documents"] for s in splits.values()):
             raise DataError(f"input {cfg.input} has no non-empty UTF-8 document")
         manifest = writer.commit(
@@ -144,12 +162,18 @@ def run(cfg: PrepareDataConfig) -> dict:
                 "format": "llada-packed-v1",
                 "kind": "pretrain",
                 "seq_len": cfg.seq_len,
-                "splits": {s: dict(v, rows=writer.rows.get(s, 0)) for s, v in splits.items()},
-                "skipped": skipped,
-                **common_fields(cfg, sources, per_source, tok, trained=cfg.tokenizer.train),
-            }
+                "splits": {s: dict(v, rows=merged["rows"].get(s, 0)) for s, v in splits.items()},
+                "skipped": merged["skipped"],
+                "ranges": len(records),
+                **common_fields(cfg, sources, merged["per_source"], tok, trained=cfg.tokenizer.train,
+                                digests=merged["digests"]),
+            },
+            shards=merged["shards"], drop=(RANGES,),
         )
-    except BaseException:
+    except DataError:  # bad input: nothing to continue from
+        writer.abort(discard=True)
+        raise
+    except BaseException:  # interrupted: the finished ranges stay for the next run
         writer.abort()
         raise
     return manifest

@@ -8,20 +8,19 @@ Examples longer than `max_len` are an error or dropped (`on_too_long`), counted 
 
 from __future__ import annotations
 
-import sys
+import json
 from typing import Literal
 
 import pyarrow as pa
-import pyarrow.compute as pc
 from pydantic import Field, field_validator
 
 from llada_core.cluster import ensure_ray
-from llada_core.config import StrictModel
-from llada_core.data.manifest import common_fields
-from llada_core.data.ray_pipeline import stream_encoded
-from llada_core.data.shards import DatasetWriter
+from llada_core.data.chat import encode_example, encode_prompt, encode_response, to_messages
+from llada_core.data.manifest import common_fields, content_key, merge_records
+from llada_core.data.ranges import RANGES, RangeJob, RangeSettings, prepare_ranges, split_of
+from llada_core.data.shards import SPLITS, DatasetWriter
 from llada_core.data.sources import DataError, check_columns, check_input_exists, list_sources
-from llada_core.data.tokenizer import load_tokenizer
+from llada_core.data.tokenizer import LladaTokenizer, load_tokenizer
 
 COLUMNS = {"sft": [("prompt", "response"), ("messages",)], "dpo": [("prompt", "chosen", "rejected")]}
 SEQ_COLUMNS = {"sft": ("input_ids",), "dpo": ("chosen_ids", "rejected_ids")}
@@ -31,7 +30,7 @@ def schema_of(kind: str) -> pa.Schema:
     return pa.schema([(c, pa.list_(pa.int32())) for c in SEQ_COLUMNS[kind]] + [("prompt_len", pa.int32())])
 
 
-class InstructDataSettings(StrictModel):
+class InstructDataSettings(RangeSettings):
     """What a recipe's `instruct:` section sets of both instruction data stages."""
 
     max_len: int = Field(2048, ge=4)
@@ -55,7 +54,68 @@ class PrepareInstructConfig(InstructDataSettings):
     _paths_exist = field_validator("input", "tokenizer")(check_input_exists)
 
 
+class ExampleBuilder:
+    """One range's rows: one chat-templated example (SFT) or pair (DPO) per row."""
+
+    def __init__(self, tok: LladaTokenizer, kind: str, seed: int, val_fraction: float, max_len: int,
+                 on_too_long: str, on_bad_utf8: str):
+        self.tok, self.kind, self.seed, self.val_fraction = tok, kind, seed, val_fraction
+        self.max_len, self.on_too_long, self.on_bad_utf8 = max_len, on_too_long, on_bad_utf8
+        self.files: dict[str, dict] = {}
+        self.splits = {s: {"examples": 0, "tokens": 0} for s in SPLITS}
+        self.skipped = {"bad_utf8": 0, "too_long": 0}
+        self.longest, self.bad_utf8_in = 0, None
+
+    def _encode(self, rec: dict) -> tuple[dict, str]:
+        """(row columns, the key its split is drawn from: the prompt messages)."""
+        if self.kind == "sft":
+            messages = to_messages(rec)
+            ids, prompt_len = encode_example(self.tok, messages)
+            return {"input_ids": ids, "prompt_len": prompt_len}, json.dumps(messages[:-1], sort_keys=True)
+        messages = [{"role": "user", "content": rec["prompt"]}]
+        prompt = encode_prompt(self.tok, messages)
+        row = {"chosen_ids": prompt + encode_response(self.tok, rec["chosen"]),
+               "rejected_ids": prompt + encode_response(self.tok, rec["rejected"]), "prompt_len": len(prompt)}
+        return row, json.dumps(messages, sort_keys=True)
+
+    def rows(self, records: list[dict], file_no: int, uri: str):
+        stats = self.files.setdefault(str(file_no), {"examples": 0})
+        for rec in records:
+            if rec.get("__bad_utf8__"):
+                if self.on_bad_utf8 == "fail":
+                    raise DataError(f"{uri}: not valid UTF-8 (on_bad_utf8=fail)")
+                self.skipped["bad_utf8"] += 1
+                self.bad_utf8_in = self.bad_utf8_in or uri
+                continue
+            try:
+                row, key = self._encode(rec)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise DataError(f"{uri}: bad record: {type(exc).__name__}: {exc}") from None
+            lengths = [len(row[c]) for c in SEQ_COLUMNS[self.kind]]
+            if max(lengths) > self.max_len:
+                if self.on_too_long == "error":
+                    raise DataError(f"{uri}: an example has {max(lengths)} tokens > max_len={self.max_len} "
+                                    "(set on_too_long=drop to skip such examples)")
+                self.skipped["too_long"] += 1
+                continue
+            split = "val" if split_of(key, self.seed, self.val_fraction) else "train"
+            self.splits[split]["examples"] += 1
+            self.splits[split]["tokens"] += sum(lengths)
+            stats["examples"] += 1
+            self.longest = max(self.longest, max(lengths))
+            yield split, row
+
+    def finish(self):
+        return iter(())
+
+    def summary(self) -> dict:
+        return {"files": self.files, "skipped": self.skipped, "splits": self.splits, "longest": self.longest,
+                "bad_utf8_in": self.bad_utf8_in}
+
+
 def run(cfg: PrepareInstructConfig) -> dict:
+    """Ranges of the input are encoded in parallel and a re-run continues an interrupted one
+    (llada_core.data.ranges)."""
     sources = list_sources(cfg.input)
     columns = check_columns(sources, COLUMNS[cfg.kind])
     schema = schema_of(cfg.kind)
@@ -63,64 +123,34 @@ def run(cfg: PrepareInstructConfig) -> dict:
     writer.check_target()
     tok = load_tokenizer(cfg.tokenizer, add_mask_token=cfg.add_mask_token)
     ensure_ray()
-
-    seq_cols = SEQ_COLUMNS[cfg.kind]
-    per_source = [{"examples": 0} for _ in sources]
-    splits = {s: {"examples": 0, "tokens": 0} for s in ("train", "val")}
-    skipped = {"bad_utf8": 0, "too_long": 0}
-    max_seen = 0
-    writer.open()
+    writer.open(resumable=True)
     try:
         for name, data in tok.files().items():
             writer.write_file(f"tokenizer/{name}", data)
-        for table in stream_encoded(sources, columns, tok, cfg.kind, cfg.seed, cfg.val_fraction, cfg.num_workers,
-                                    cfg.verbose):
-            file_nos = table["file_no"].to_pylist()
-            errors = table["error"].to_pylist()
-            for i, err in enumerate(errors):
-                if err:
-                    raise DataError(f"{sources[file_nos[i]].uri}: bad record: {err}")
-            bad = table["bad_utf8"].to_numpy(zero_copy_only=False)
-            if bad.any():
-                uri = sources[file_nos[int(bad.argmax())]].uri
-                if cfg.on_bad_utf8 == "fail":
-                    raise DataError(f"{uri}: not valid UTF-8 (on_bad_utf8=fail)")
-                skipped["bad_utf8"] += int(bad.sum())
-                print(f"warning: skipping non-UTF-8 record in {uri}", file=sys.stderr)
-            lengths = [pc.list_value_length(table[c]).to_numpy(zero_copy_only=False) for c in seq_cols]
-            longest = lengths[0] if len(lengths) == 1 else lengths[0].clip(min=lengths[1])
-            too_long = (longest > cfg.max_len) & ~bad
-            if too_long.any():
-                if cfg.on_too_long == "error":
-                    i = int(too_long.argmax())
-                    raise DataError(
-                        f"{sources[file_nos[i]].uri}: an example has {int(longest[i])} tokens > max_len={cfg.max_len} "
-                        "(set on_too_long=drop to skip such examples)"
-                    )
-                skipped["too_long"] += int(too_long.sum())
-            keep = ~bad & ~too_long
-            is_val = table["is_val"].to_numpy(zero_copy_only=False)
-            rows = {c: table[c].to_pylist() for c in (*seq_cols, "prompt_len")}
-            for i in keep.nonzero()[0]:
-                split = "val" if is_val[i] else "train"
-                writer.add(split, **{c: rows[c][i] for c in rows})
-                splits[split]["examples"] += 1
-                splits[split]["tokens"] += int(sum(lg[i] for lg in lengths))
-                per_source[file_nos[i]]["examples"] += 1
-                max_seen = max(max_seen, int(longest[i]))
-        if not sum(s["examples"] for s in splits.values()):
-            raise DataError(f"input {cfg.input} yields no usable example (skipped: {skipped})")
+        job = RangeJob(schema, cfg.rows_per_shard, ExampleBuilder,
+                       {"kind": cfg.kind, "seed": cfg.seed, "val_fraction": cfg.val_fraction, "max_len": cfg.max_len,
+                        "on_too_long": cfg.on_too_long, "on_bad_utf8": cfg.on_bad_utf8})
+        records = prepare_ranges(writer.staging_uri, writer.local, sources, columns, tok, job, content_key(cfg, tok),
+                                 cfg.range_bytes, cfg.num_workers, cfg.verbose)
+        merged = merge_records(records, sources)
+        if not sum(s["examples"] for s in merged["splits"].values()):
+            raise DataError(f"input {cfg.input} yields no usable example (skipped: {merged['skipped']})")
         return writer.commit(
             {
                 "format": f"llada-{cfg.kind}-v1",
                 "kind": cfg.kind,
                 "max_len": cfg.max_len,
-                "longest_example": max_seen,
-                "splits": {s: dict(v, rows=writer.rows.get(s, 0)) for s, v in splits.items()},
-                "skipped": skipped,
-                **common_fields(cfg, sources, per_source, tok, trained=False),
-            }
+                "longest_example": merged["longest"],
+                "splits": {s: dict(v, rows=merged["rows"].get(s, 0)) for s, v in merged["splits"].items()},
+                "skipped": merged["skipped"],
+                "ranges": len(records),
+                **common_fields(cfg, sources, merged["per_source"], tok, trained=False, digests=merged["digests"]),
+            },
+            shards=merged["shards"], drop=(RANGES,),
         )
-    except BaseException:
+    except DataError:  # bad input: nothing to continue from
+        writer.abort(discard=True)
+        raise
+    except BaseException:  # interrupted: the finished ranges stay for the next run
         writer.abort()
         raise

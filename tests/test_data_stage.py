@@ -48,9 +48,11 @@ def is_val(text, seed, fraction):
     return h / 2**64 < fraction
 
 
-def test_packs_every_document_exactly(ray_local, corpus, tokenizer_dir, tmp_path):
+@pytest.mark.parametrize("range_bytes", [64 << 20, 1])  # one range; a range per file (each padded at its end)
+def test_packs_every_document_exactly(ray_local, corpus, tokenizer_dir, tmp_path, range_bytes):
     src, files = corpus
-    manifest = prepare(src, tmp_path / "ds", tokenizer_dir)
+    manifest = prepare(src, tmp_path / "ds", tokenizer_dir, range_bytes=range_bytes, num_workers=2)
+    assert manifest["ranges"] == (1 if range_bytes > 1 else len(files))
     tok = load_tokenizer(tokenizer_dir)
     docs = [d for ds in files.values() for d in ds]  # sorted file order, records in file order
     expected = {"train": [], "val": []}
@@ -78,12 +80,14 @@ def test_packs_every_document_exactly(ray_local, corpus, tokenizer_dir, tmp_path
     assert load_tokenizer(tmp_path / "ds" / "tokenizer").digest == tok.digest
 
 
-def test_byte_identical_reruns_and_trained_tokenizer(ray_local, corpus, tmp_path):
-    src, _ = corpus
-    kw = {"tokenizer": {"train": True, "vocab_size": 300}}
+def test_output_is_the_same_for_any_worker_count_and_byte_identical(ray_local, corpus, tmp_path):
+    src, files = corpus
+    kw = {"tokenizer": {"train": True, "vocab_size": 300}, "range_bytes": 1}  # a range per file
     m1 = prepare(src, tmp_path / "a", None, **kw, num_workers=1)
-    m2 = prepare(src, tmp_path / "b", None, **kw, num_workers=2)
-    assert m1["shards"] == m2["shards"] and m1["tokenizer"]["digest"] == m2["tokenizer"]["digest"]
+    m3 = prepare(src, tmp_path / "b", None, **kw, num_workers=3)
+    assert m1["ranges"] == len(files) > 3
+    assert m1 == m3  # shards, digests, statistics: the whole manifest
+    assert (tmp_path / "a" / "manifest.json").read_bytes() == (tmp_path / "b" / "manifest.json").read_bytes()
     for shards in m1["shards"].values():
         assert len(shards) >= 1
         for shard in shards:
@@ -114,23 +118,56 @@ def test_refuses_existing_dataset_then_overwrites(ray_local, corpus, tokenizer_d
     assert sorted(os.listdir(tmp_path)) == ["ds"]  # no temp or old directories left behind
 
 
-def test_crash_mid_write_leaves_nothing(ray_local, corpus, tokenizer_dir, tmp_path, monkeypatch):
-    from llada_core.data import shards
+KILLED_PREPARE = """
+import json, sys, time
+import llada_core.data.ranges as ranges
+from llada_core.config import load_config
+from stages.prepare_data import PrepareDataConfig, run
 
-    src, _ = corpus
-    real_flush = shards.DatasetWriter._flush
-    calls = []
+class Slow(ranges.RangeWorker):  # defined here, so Ray ships it to the actors by value
+    def __call__(self, batch):
+        time.sleep(0.4)
+        return super().__call__(batch)
 
-    def flaky_flush(self, split):
-        calls.append(split)
-        if len(calls) == 2:
-            raise RuntimeError("simulated crash while writing shard 2")
-        return real_flush(self, split)
+ranges.RangeWorker = Slow
+run(load_config(PrepareDataConfig, values=json.loads(sys.argv[1])))
+"""
 
-    monkeypatch.setattr(shards.DatasetWriter, "_flush", flaky_flush)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        prepare(src, tmp_path / "ds", tokenizer_dir)
-    assert os.listdir(tmp_path) == []
+
+def test_a_killed_prepare_keeps_its_finished_ranges_and_the_rerun_equals_an_uninterrupted_one(
+        ray_local, corpus, tokenizer_dir, tmp_path):
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    src, files = corpus
+    values = {"input": src, "seq_len": SEQ, "tokenizer": {"path": tokenizer_dir}, "val_fraction": 0.3,
+              "rows_per_shard": 7, "range_bytes": 1, "num_workers": 1}
+    reference = prepare(src, tmp_path / "ref", tokenizer_dir, range_bytes=1, num_workers=1)
+    partial = tmp_path / ".ds.partial"
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_PREPARE, json.dumps(values | {"out": str(tmp_path / "ds")})],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while len(list(partial.glob("ranges/*.json"))) < 2 and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)  # the driver, mid-way
+    finally:
+        proc.wait()
+    done = [json.loads(p.read_text()) for p in sorted(partial.glob("ranges/*.json"))]
+    assert 2 <= len(done) < len(files) and not (tmp_path / "ds").exists()
+    kept = {s["path"]: os.stat(partial / s["path"]) for r in done for shards in r["shards"].values() for s in shards}
+    assert kept
+    manifest = prepare(src, tmp_path / "ds", tokenizer_dir, range_bytes=1, num_workers=1)
+    assert manifest == reference
+    for path, before in kept.items():  # finished shards were verified and kept, not rewritten
+        after = os.stat(tmp_path / "ds" / path)
+        assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns), path
+    for shard in (s for shards in reference["shards"].values() for s in shards):
+        assert (tmp_path / "ds" / shard["path"]).read_bytes() == (tmp_path / "ref" / shard["path"]).read_bytes()
+    assert not partial.exists()
 
 
 @pytest.mark.parametrize(

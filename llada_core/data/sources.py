@@ -37,6 +37,7 @@ class SourceFile:
     uri: str  # local absolute path or s3://bucket/key
     fmt: str  # text | jsonl | parquet
     size: int
+    mtime_ns: int = 0  # when listed: a prepared range is reused only for the same files, unchanged
 
 
 def _fmt_of(path: str) -> str | None:
@@ -77,7 +78,7 @@ def _local_candidates(spec: str) -> list[str]:
     raise DataError(f"input not found: {spec}")
 
 
-def _s3_candidates(spec: str) -> list[tuple[str, int]]:
+def _s3_candidates(spec: str) -> list[tuple[str, int, int]]:
     fs, path = storage.resolve(spec)
     pattern = None
     if any(c in path for c in _GLOB_CHARS):
@@ -93,12 +94,12 @@ def _s3_candidates(spec: str) -> list[tuple[str, int]]:
             infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
     except OSError as exc:
         raise DataError(f"cannot read {spec}: {exc}") from None
-    files = [(i.path, i.size) for i in infos if i.type == pafs.FileType.File]
+    files = [(i.path, i.size, i.mtime_ns or 0) for i in infos if i.type == pafs.FileType.File]
     if pattern:
-        files = [(p, s) for p, s in files if fnmatch.fnmatchcase(p, pattern)]
+        files = [f for f in files if fnmatch.fnmatchcase(f[0], pattern)]
     else:
-        files = [(p, s) for p, s in files if _fmt_of(p) or info.type == pafs.FileType.File]
-    return sorted((f"s3://{p}", s) for p, s in files)
+        files = [f for f in files if _fmt_of(f[0]) or info.type == pafs.FileType.File]
+    return sorted((f"s3://{p}", s, m) for p, s, m in files)
 
 
 def list_sources(spec: str) -> list[SourceFile]:
@@ -106,13 +107,13 @@ def list_sources(spec: str) -> list[SourceFile]:
     if storage.is_s3(spec):
         candidates = _s3_candidates(spec)
     else:
-        candidates = [(os.path.abspath(p), os.path.getsize(p)) for p in _local_candidates(spec)]
+        candidates = [(os.path.abspath(p), (st := os.stat(p)).st_size, st.st_mtime_ns) for p in _local_candidates(spec)]
     out = []
-    for uri, size in candidates:
+    for uri, size, mtime_ns in candidates:
         fmt = _fmt_of(uri)
         if fmt is None:
             raise DataError(f"unsupported file type: {uri} (supported: {', '.join(sorted(FORMATS))})")
-        out.append(SourceFile(uri, fmt, size))
+        out.append(SourceFile(uri, fmt, size, mtime_ns))
     if not out:
         raise DataError(f"no input files match {spec} (supported: {', '.join(sorted(FORMATS))})")
     if all(f.size == 0 for f in out):
