@@ -33,6 +33,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/data_throughput.py
+	$(BIN)/python bench/handoff_memory.py
 	$(BIN)/python bench/attention_step.py
 	$(BIN)/python bench/orchestration.py
 	if [ -d $(WORK)/store ]; then $(BIN)/python bench/e2e.py && $(BIN)/python bench/decoding.py; \

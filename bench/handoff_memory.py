@@ -16,6 +16,8 @@ process that only converts):
   export   HF export; import   import-hf of a bf16 HF checkpoint ("previous" wrote fp32);
   merge    top-k merge of 3 candidates (the averaging; ranking them is an eval of one model at a time).
 The previous code paths are reproduced here (from commit 3c7fac0) as the baseline.
+Columns: `model` = the rank's RSS once its model is built (above the runtime), `peak` = its high-water
+mark during the case, `added` = peak - model (what the hand-off itself costs).
 Target: each process peaks at most 1.2x its own shard + the largest tensor + 256 MB of read buffer.
 """
 
@@ -117,6 +119,7 @@ def rank_case(rank: int, world: int, port: int, case: str, path: str, layout: st
     # the peak of building the model (megatron's CPU init makes a master copy per tensor) is not the
     # hand-off's: the high-water mark restarts at the model's resident size (Linux clear_refs "5")
     Path("/proc/self/clear_refs").write_text("5")
+    resident = rss()["VmRSS"]  # the model as built (megatron's CPU init keeps more than the weights)
     if case == "save" and path == "previous":
         use_previous_writer()
         local = {k: v.detach() for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
@@ -140,7 +143,7 @@ def rank_case(rank: int, world: int, port: int, case: str, path: str, layout: st
 
         _load_sharded(model, str(w / "ckpt"))
     dist.barrier()
-    report = {"base": base, "peak": rss()["VmHWM"], "own": own, "process": f"rank {rank}"}
+    report = {"base": base, "peak": rss()["VmHWM"], "own": own, "process": f"rank {rank}", "resident": resident}
     (w / f"report-{rank}.json").write_text(json.dumps(report))
     dist.destroy_process_group()
 
@@ -183,7 +186,8 @@ def tool_case(case: str, path: str, work: str) -> dict:
         save_checkpoint(w / "merge-prev", cfg, ((k, (t / 3).float()) for k, t in total.items()), tok, {})
     else:
         merge_top_k({str(w / f"cand-{i}"): float(i) for i in range(3)}, w / "merge-today", k=3)
-    return {"base": base, "peak": rss()["VmHWM"], "own": 0, "process": "driver" if case == "save" else "tool"}
+    return {"base": base, "peak": rss()["VmHWM"], "own": 0, "process": "driver" if case == "save" else "tool",
+            "resident": base}
 
 
 def setup(work: Path) -> dict:
@@ -265,15 +269,16 @@ def main() -> None:
     gib = 1 << 30
     print(f"model: {facts['params'] / 1e9:.2f}B params, fp32 {facts['params'] * 4 / gib:.2f} GiB; largest tensor "
           f"{facts['largest'] / gib:.3f} GiB; target per process: 1.2 x own shard + largest tensor + 0.25 GiB")
-    print(f"{'case':<8}{'path':<15}{'layout':<7}{'process':<9}{'own GiB':>8}{'peak GiB':>9}{'x own':>7}"
-          f"{'target':>8}  within")
+    print(f"{'case':<8}{'path':<15}{'layout':<7}{'process':<9}{'own GiB':>8}{'model GiB':>10}{'peak GiB':>9}"
+          f"{'added':>7}{'x own':>7}{'target':>8}  within")
     for case, path, layout in CASES:
         for r in run_case(case, path, layout, work):
             peak = (r["peak"] - r["base"]) / gib
             target = (1.2 * r["own"] + facts["largest"] + BUFFER) / gib
             ratio = f"{peak / (r['own'] / gib):.2f}" if r["own"] else "-"
-            print(f"{case:<8}{path:<15}{layout:<7}{r['process']:<9}{r['own'] / gib:>8.2f}{peak:>9.2f}{ratio:>7}"
-                  f"{target:>8.2f}  {'yes' if peak <= target else 'NO'}", flush=True)
+            model, added = (r["resident"] - r["base"]) / gib, (r["peak"] - r["resident"]) / gib
+            print(f"{case:<8}{path:<15}{layout:<7}{r['process']:<9}{r['own'] / gib:>8.2f}{model:>10.2f}{peak:>9.2f}"
+                  f"{added:>7.2f}{ratio:>7}{target:>8.2f}  {'yes' if peak <= target else 'NO'}", flush=True)
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -22,7 +22,9 @@ from torch import Tensor
 
 _DTYPES: dict[torch.dtype, str] = {
     torch.float64: "F64", torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.int64: "I64",
-    torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL"}
+    torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
+    torch.uint16: "U16", torch.uint32: "U32", torch.uint64: "U64", torch.float8_e4m3fn: "F8_E4M3",
+    torch.float8_e5m2: "F8_E5M2"}
 
 
 class PartWriter:
@@ -88,6 +90,13 @@ class PartReader:
             raise ValueError(f"{self.path}: not a readable safetensors file ({exc})") from None
         self.metadata = header.pop("__metadata__", None)
         self.entries, self._start = header, 8 + n
+        end = max((e["data_offsets"][1] for e in header.values()), default=0)
+        if os.path.getsize(self.path) < self._start + end:
+            raise ValueError(f"{self.path}: not a readable safetensors file (truncated: its header needs "
+                             f"{self._start + end} bytes, the file has {os.path.getsize(self.path)})")
+        unknown = sorted({e["dtype"] for e in header.values()} - set(_FROM_NAME))
+        if unknown:
+            raise ValueError(f"{self.path}: tensors of dtype {unknown} are not supported")
 
     def keys(self) -> list[str]:
         return list(self.entries)

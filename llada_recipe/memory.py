@@ -23,6 +23,7 @@ import math
 from dataclasses import dataclass
 
 from llada_core.consolidate import READ_BYTES
+from llada_core.merge import CHUNK_BYTES
 from llada_core.model.config import ModelConfig, load_preset, pad_vocab
 from llada_core.model.hf_io import expected_shapes
 from llada_core.parallel.layout import ParallelLayout
@@ -100,7 +101,7 @@ def handoff_memory(cfg: ModelConfig, layout: ParallelLayout, seq_len: int, width
     stored = cfg.total_params() * width  # a read batch never exceeds the model
     one_read = max(min(READ_BYTES, stored), stacked_experts(cfg) * width)
     logits = eval_rows * 2 * seq_len * cfg.vocab_size * 4  # block diffusion: [x_t ; x_0]
-    averaging = largest_tensor(cfg) * (merge_k * width + 8) + tensor
+    averaging = largest_tensor(cfg) * width + (merge_k + 2) * CHUNK_BYTES  # output tensor + k chunks + fp64 sum
     return HandoffMemory(
         train_driver=RUNTIME_BYTES + one_read + tensor,
         train_rank_load=RUNTIME_BYTES + int(rank_shard_params(cfg, layout) * width),

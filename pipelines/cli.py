@@ -34,7 +34,7 @@ def _add_common_data_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="output dataset directory (local or s3://)")
     p.add_argument("--val-fraction", type=float, help="fraction of documents/examples held out (by content hash)")
     p.add_argument("--seed", type=int, help="salts the train/val hash")
-    p.add_argument("--num-workers", type=int, help="Ray Data tokenizer actors")
+    p.add_argument("--num-workers", type=int, help="Ray Data actors, each preparing one range of input files at a time")
     p.add_argument("--on-bad-utf8", choices=["skip", "fail"], help="skip (and count) or fail on non-UTF-8 input")
     p.add_argument("--overwrite", action="store_true", default=None, help="replace an existing dataset at --out")
     p.add_argument("--verbose", action="store_true", default=None, help="Ray Data progress output")

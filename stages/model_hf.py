@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 from llada_core import storage
 from llada_core.checkpoint import SHARD_BYTES, CheckpointReader, save_checkpoint
@@ -20,7 +19,7 @@ from llada_core.data.tokenizer import load_tokenizer
 from llada_core.model.config import pad_vocab
 from llada_core.model.hf_config import CheckpointError, from_hf_config, to_hf_config
 from llada_core.model.hf_io import P, hf_to_megatron, megatron_to_hf_stream
-from llada_core.safetensors_parts import PartWriter
+from llada_core.safetensors_parts import PartReader, PartWriter
 from llada_core.version import code_version
 
 GROWN = (f"{P}embedding.word_embeddings.weight", f"{P}output_layer.weight")
@@ -35,10 +34,11 @@ def _safetensors_files(hf_dir: Path) -> list[Path]:
     return files
 
 
-def _open_safetensors(path: Path, source: str):
+def _open_safetensors(path: Path, source: str) -> PartReader:
+    """Plain reads, not safetensors' memory map (its touched pages would count as this process's)."""
     try:
-        return safe_open(str(path), "pt")
-    except Exception as exc:  # safetensors raises its own SafetensorError (truncated header, bad JSON)
+        return PartReader(path)
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # truncated, bad header JSON
         raise CheckpointError(f"{source}/{path.name}: not a readable safetensors file ({exc})") from None
 
 
@@ -71,7 +71,7 @@ def import_hf(hf_dir: str | Path, out: str | Path, add_mask_token: str | None = 
     where = {name: h for h in handles for name in h.keys()}
 
     def tensors():
-        for name, tensor in hf_to_megatron(lambda n: where[n].get_tensor(n), set(where), cfg, hf_cfg["model_type"]):
+        for name, tensor in hf_to_megatron(lambda n: where[n].tensor(n), set(where), cfg, hf_cfg["model_type"]):
             if name in GROWN and grown > tensor.shape[0]:
                 tensor = torch.cat([tensor, tensor.new_zeros(grown - tensor.shape[0], tensor.shape[1])])
             yield name, tensor if dtype is None else tensor.to(dtype)
