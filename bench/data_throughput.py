@@ -1,7 +1,7 @@
 """Tokens/s of `llada data prepare` (ranges on Ray Data actors) vs a plain single-process loop, same
 tokenizer and corpus, side by side in one run; and the driver's peak RSS at two corpus sizes.
 
-  .venv/bin/python bench/data_throughput.py [--copies 18] [--seq-len 1024] [--workers 1 2]
+  .venv/bin/python bench/data_throughput.py [--copies 18] [--seq-len 1024] [--workers 1 2] [--range-bytes N]
 
 The corpus is the embedded stdlib corpus copied `--copies` times (~11 MB each) so that fixed costs
 do not dominate. Ray is started before timing (cluster start-up is charged to neither side). The
@@ -65,10 +65,11 @@ def high_water_mb() -> float:
     return float("nan")
 
 
-def prepare(spec: str, out: str, tok_dir: str, seq_len: int, workers: int) -> tuple[int, float, float]:
+def prepare(spec: str, out: str, tok_dir: str, seq_len: int, workers: int,
+            range_bytes: int) -> tuple[int, float, float]:
     Path("/proc/self/clear_refs").write_text("5")  # the driver's high-water mark restarts here
     cfg = PrepareDataConfig(input=spec, out=out, seq_len=seq_len, tokenizer=TokenizerSpec(path=tok_dir),
-                            num_workers=workers)
+                            num_workers=workers, range_bytes=range_bytes)
     t0 = time.perf_counter()
     manifest = run(cfg)
     secs = time.perf_counter() - t0
@@ -81,6 +82,7 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=1024)
     ap.add_argument("--vocab-size", type=int, default=8192)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--range-bytes", type=int, default=PrepareDataConfig.model_fields["range_bytes"].default)
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="llada-bench-"))
@@ -95,18 +97,19 @@ def main() -> None:
         tokens, secs = plain_loop(big, tok_dir, args.seq_len)
         base = tokens / secs
         print(f"corpus: stdlib x {args.copies}: {len(sources)} files, {sum(s.size for s in sources) / 1e6:.0f} MB, "
-              f"{tokens:,} tokens; cpus={os.cpu_count()}")
+              f"{tokens:,} tokens; cpus={os.cpu_count()}; range_bytes {args.range_bytes / 2**20:.0f} MiB")
         print(f"{'path':<34}{'seconds':>9}{'tokens/s':>12}{'vs plain':>10}{'driver peak MB':>16}")
         print(f"{'plain loop (1 process)':<34}{secs:>9.2f}{base:>12,.0f}{1.0:>10.2f}{'':>16}")
         rates = {}
         for n in args.workers:
-            got, secs, peak = prepare(big, str(work / f"out{n}"), tok_dir, args.seq_len, n)
+            got, secs, peak = prepare(big, str(work / f"out{n}"), tok_dir, args.seq_len, n, args.range_bytes)
             assert got == tokens, (got, tokens)  # both paths see the same tokens
             rates[n] = got / secs
             print(f"{f'llada data prepare, {n} worker(s)':<34}{secs:>9.2f}{got / secs:>12,.0f}"
                   f"{got / secs / base:>10.2f}{peak:>16.0f}", flush=True)
         small_sources = list_sources(small)
-        got, secs, peak = prepare(small, str(work / "small-out"), tok_dir, args.seq_len, max(args.workers))
+        got, secs, peak = prepare(small, str(work / "small-out"), tok_dir, args.seq_len, max(args.workers),
+                                  args.range_bytes)
         print(f"{f'  same, 1/4 of the corpus, {max(args.workers)} w.':<34}{secs:>9.2f}{got / secs:>12,.0f}"
               f"{got / secs / base:>10.2f}{peak:>16.0f}  ({sum(s.size for s in small_sources) / 1e6:.0f} MB)")
         if len(rates) > 1:

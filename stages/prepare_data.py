@@ -1,6 +1,6 @@
 """Stage: tokenize + pack a pretraining corpus into fixed-length rows (`llada data prepare`).
 
-Contract: DST/manifest.json + DST/{train,val}/part-NNNNN.parquet with `input_ids` and `doc_ids`
+Contract: DST/manifest.json + DST/{train,val}/part-RRRRR-KKKKK.parquet with `input_ids` and `doc_ids`
 (list<int32>, length seq_len), DST/tokenizer/. See llada_core.data.packing for the row format.
 """
 
@@ -60,7 +60,7 @@ class PrepareDataConfig(PretrainDataSettings):
     out: str
     seq_len: int = Field(ge=2)
     seed: int = 0  # salts the train/val document hash
-    num_workers: int = Field(2, ge=1)  # tokenizer actors
+    num_workers: int = Field(2, ge=1)  # Ray Data actors, one range at a time each
     overwrite: bool = False
     verbose: bool = False
 

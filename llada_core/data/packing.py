@@ -4,7 +4,8 @@ Row format (the contract every training stage reads):
   input_ids[i]  token id
   doc_ids[i]    0, 1, 2, ... in order of appearance inside the row (a document cut at a row
                 boundary continues under a new id in the next row); PAD_DOC (-1) marks padding,
-                which only the very last row of a split can contain.
+                which only the last row a packer emits can contain (one packer per range and
+                split: llada_core.data.ranges).
 The document-level attention mask (recipe Eq. 3/4) is `doc_ids[q] == doc_ids[k]`.
 """
 

@@ -1,7 +1,8 @@
-"""Dataset directories: `DST/{split}/part-NNNNN.parquet` + `DST/manifest.json`, committed atomically.
+"""Dataset directories: `DST/{split}/part-*.parquet` + `DST/manifest.json`, committed atomically.
 
-A dataset is finished iff its manifest exists. Locally everything is written into a hidden temp
-directory beside DST and renamed into place at commit (a crash leaves only the temp dir). On S3,
+A dataset is finished iff its manifest exists. Locally everything is written into a hidden
+directory beside DST and renamed into place at commit (a crash leaves only that directory; a
+resumable build, `open(resumable=True)`, names it `.DST.partial` and the next run continues it). On S3,
 where there is no rename, shards go straight to their keys and the manifest (a single atomic PUT)
 is written last; an overwrite deletes the old manifest first, so a half-rewritten prefix never
 looks finished. Shards are byte-identical for identical inputs (fixed writer options, no
