@@ -87,6 +87,17 @@ def test_checkpoint_saved_under_a_layout_resumes_under_one_rank(reference, tmp_p
     assert torch.equal(saved, loaded), (layout, (saved - loaded).abs().max())
 
 
+def test_a_checkpoint_saved_under_tp2_continues_under_ep2_with_the_same_logits(reference, tmp_path):
+    """The node-to-node hand-off (a training checkpoint, `init_state`) across a layout change: each
+    EP=2 rank reads its slices of the TP=2 checkpoint; the model it holds is the one that was saved."""
+    stage, _, _ = reference
+    spawn(2, stage | {"steps": 2, "layout": {"world_size": 2, "tp": 2}}, tmp_path, mode="save")
+    (tmp_path / "ckpt-out").rename(tmp_path / "ckpt-in")
+    spawn(2, stage | {"steps": 3, "layout": {"world_size": 2, "ep": 2}, "micro_batch": 2}, tmp_path, mode="resume")
+    saved, loaded = (logits_of(consolidated(tmp_path / name, stage)) for name in ("ckpt-in", "ckpt-loaded"))
+    assert torch.equal(saved, loaded), (saved - loaded).abs().max()
+
+
 @pytest.mark.parametrize("objective", ["cap"])  # CAP's loss is SFT's plus a confidence term: both run
 def test_pipeline_parallel_instruction_objectives_match_one_rank(data, init_ckpt, tmp_path, objective):
     """PP=2 runs the unchanged objective: inputs captured for the first stage, loss on the last."""
