@@ -52,6 +52,7 @@ def save_checkpoint(out: str | Path, cfg: ModelConfig, tensors: Iterable[tuple[s
         for name, tensor in tensors:
             check_shapes(expected, name, tensor)
             parts.add(name, tensor)
+            del tensor  # before the generator makes the next one: one tensor in memory, not two
         files = parts.close()
         index = parts.where
         missing = sorted(set(expected) - set(index))
@@ -163,6 +164,7 @@ def copy_into(model, tensors: Iterable[tuple[str, Tensor]]) -> None:
                 raise CheckpointError(f"{name}: shape {tuple(tensor.shape)}, the model has {tuple(own[name].shape)}")
             own[name].copy_(tensor)
             seen.add(name)
+            del tensor  # before the next one is read
     if missing := sorted(set(own) - seen):
         raise CheckpointError(f"state mismatch: missing {missing[:5]}")
 

@@ -92,6 +92,7 @@ def _write_hf_shards(tensors, directory: Path, max_bytes: int) -> list[str]:
     parts = PartWriter(directory, max_bytes, lambda i: f"part-{i:05d}", metadata={"format": "pt"})
     for name, tensor in tensors:
         parts.add(name, tensor)
+        del tensor  # before the next one is made
     written = parts.close()
     if len(written) == 1:
         (directory / written[0]).rename(directory / "model.safetensors")

@@ -118,8 +118,10 @@ def hf_to_megatron(get, names: set[str], cfg: ModelConfig, arch: str) -> Iterato
                     raise CheckpointError(f"tensor {name!r} has shape {tuple(tensor.shape)}, expected {want}")
             q, k, v = parts if len(parts) == 3 else parts[0].split(list(rows), dim=0)
             yield ours, qkv_to_megatron(q, k, v, cfg)
+            q = k = v = None
         else:
             yield ours, parts[0] if len(parts) == 1 else torch.cat(parts)
+        parts = None  # released before the next tensor is read: one in memory at a time
     if cfg.tie_embeddings:  # some tied checkpoints store the shared matrix twice
         left.discard("lm_head.weight")
     left = {x for x in left if not x.endswith("rotary_emb.inv_freq")}
@@ -138,6 +140,7 @@ def megatron_to_hf_stream(get, cfg: ModelConfig, arch: str) -> Iterator[tuple[st
             pairs = [(hf, tensor)] if isinstance(hf, str) else zip(hf, tensor.chunk(len(hf)), strict=True)
         for name, t in pairs:
             yield name, t.contiguous()
+        tensor = pairs = t = q = k = v = None  # released before the next tensor is read
 
 
 def megatron_to_hf(sd: dict[str, Tensor], cfg: ModelConfig, arch: str) -> dict[str, Tensor]:
