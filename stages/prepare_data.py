@@ -15,7 +15,7 @@ from llada_core.cluster import ensure_ray
 from llada_core.config import StrictModel
 from llada_core.data.manifest import common_fields, content_key, merge_records
 from llada_core.data.packing import PAD_DOC, RowPacker
-from llada_core.data.ranges import RANGES, RangeJob, RangeSettings, flat_lists, prepare_ranges, split_of
+from llada_core.data.ranges import RANGES, RangeJob, RangeSettings, Utf8Policy, flat_lists, prepare_ranges, split_of
 from llada_core.data.shards import SPLITS, DatasetWriter
 from llada_core.data.sources import (
     DataError,
@@ -91,28 +91,19 @@ class PackBuilder:
     """One range's rows: its documents (+EOS) packed per split (llada_core.data.packing)."""
 
     def __init__(self, tok: LladaTokenizer, seq_len: int, seed: int, val_fraction: float, on_bad_utf8: str):
-        self.tok, self.seed, self.val_fraction, self.on_bad_utf8 = tok, seed, val_fraction, on_bad_utf8
+        self.tok, self.seed, self.val_fraction, self.utf8 = tok, seed, val_fraction, Utf8Policy(on_bad_utf8)
         self.packers = {s: RowPacker(seq_len, tok.ids["eos"], tok.ids["pad"]) for s in SPLITS}
         self.files: dict[str, dict] = {}
-        self.skipped = {"bad_utf8": 0, "empty": 0}
+        self.empty = 0
         self.pad = dict.fromkeys(SPLITS, 0)
-        self.bad_utf8_in: str | None = None
 
     def rows(self, records: list[dict], file_no: int, uri: str):
-        texts = []
-        for record in records:
-            if record.get("__bad_utf8__"):
-                if self.on_bad_utf8 == "fail":
-                    raise DataError(f"{uri}: not valid UTF-8 (on_bad_utf8=fail)")
-                self.skipped["bad_utf8"] += 1
-                self.bad_utf8_in = self.bad_utf8_in or uri
-            else:
-                texts.append(record["text"])
+        texts = [record["text"] for record in records if not self.utf8.is_bad(record, uri)]
         stats = self.files.setdefault(str(file_no), {"documents": 0, "tokens": 0})
         docs: dict[str, list[list[int]]] = {s: [] for s in SPLITS}
         for text, ids in zip(texts, self.tok.encode_batch(texts) if texts else [], strict=True):
             if not ids:
-                self.skipped["empty"] += 1
+                self.empty += 1
                 continue
             stats["documents"] += 1
             stats["tokens"] += len(ids) + 1
@@ -132,7 +123,8 @@ class PackBuilder:
     def summary(self) -> dict:
         splits = {s: {"documents": p.documents, "tokens": p.tokens, "pad_tokens": self.pad[s]}
                   for s, p in self.packers.items()}
-        return {"files": self.files, "skipped": self.skipped, "splits": splits, "bad_utf8_in": self.bad_utf8_in}
+        return {"files": self.files, "skipped": {"bad_utf8": self.utf8.skipped, "empty": self.empty},
+                "splits": splits, "bad_utf8_in": self.utf8.first_in}
 
 
 def run(cfg: PrepareDataConfig) -> dict:

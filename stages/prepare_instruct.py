@@ -17,7 +17,7 @@ from pydantic import Field, field_validator
 from llada_core.cluster import ensure_ray
 from llada_core.data.chat import encode_example, encode_prompt, encode_response, to_messages
 from llada_core.data.manifest import common_fields, content_key, merge_records
-from llada_core.data.ranges import RANGES, RangeJob, RangeSettings, prepare_ranges, split_of
+from llada_core.data.ranges import RANGES, RangeJob, RangeSettings, Utf8Policy, prepare_ranges, split_of
 from llada_core.data.shards import SPLITS, DatasetWriter
 from llada_core.data.sources import DataError, check_columns, check_input_exists, list_sources
 from llada_core.data.tokenizer import LladaTokenizer, load_tokenizer
@@ -60,11 +60,10 @@ class ExampleBuilder:
     def __init__(self, tok: LladaTokenizer, kind: str, seed: int, val_fraction: float, max_len: int,
                  on_too_long: str, on_bad_utf8: str):
         self.tok, self.kind, self.seed, self.val_fraction = tok, kind, seed, val_fraction
-        self.max_len, self.on_too_long, self.on_bad_utf8 = max_len, on_too_long, on_bad_utf8
+        self.max_len, self.on_too_long, self.utf8 = max_len, on_too_long, Utf8Policy(on_bad_utf8)
         self.files: dict[str, dict] = {}
         self.splits = {s: {"examples": 0, "tokens": 0} for s in SPLITS}
-        self.skipped = {"bad_utf8": 0, "too_long": 0}
-        self.longest, self.bad_utf8_in = 0, None
+        self.too_long = self.longest = 0
 
     def _encode(self, rec: dict) -> tuple[dict, str]:
         """(row columns, the key its split is drawn from: the prompt messages)."""
@@ -81,11 +80,7 @@ class ExampleBuilder:
     def rows(self, records: list[dict], file_no: int, uri: str):
         stats = self.files.setdefault(str(file_no), {"examples": 0})
         for rec in records:
-            if rec.get("__bad_utf8__"):
-                if self.on_bad_utf8 == "fail":
-                    raise DataError(f"{uri}: not valid UTF-8 (on_bad_utf8=fail)")
-                self.skipped["bad_utf8"] += 1
-                self.bad_utf8_in = self.bad_utf8_in or uri
+            if self.utf8.is_bad(rec, uri):
                 continue
             try:
                 row, key = self._encode(rec)
@@ -96,7 +91,7 @@ class ExampleBuilder:
                 if self.on_too_long == "error":
                     raise DataError(f"{uri}: an example has {max(lengths)} tokens > max_len={self.max_len} "
                                     "(set on_too_long=drop to skip such examples)")
-                self.skipped["too_long"] += 1
+                self.too_long += 1
                 continue
             split = "val" if split_of(key, self.seed, self.val_fraction) else "train"
             self.splits[split]["examples"] += 1
@@ -109,8 +104,8 @@ class ExampleBuilder:
         return iter(())
 
     def summary(self) -> dict:
-        return {"files": self.files, "skipped": self.skipped, "splits": self.splits, "longest": self.longest,
-                "bad_utf8_in": self.bad_utf8_in}
+        return {"files": self.files, "skipped": {"bad_utf8": self.utf8.skipped, "too_long": self.too_long},
+                "splits": self.splits, "longest": self.longest, "bad_utf8_in": self.utf8.first_in}
 
 
 def run(cfg: PrepareInstructConfig) -> dict:

@@ -74,6 +74,23 @@ class RangeJob:
     kwargs: dict
 
 
+class Utf8Policy:
+    """What a builder does with a record that is not valid UTF-8 (`on_bad_utf8`: skip or fail)."""
+
+    def __init__(self, on_bad_utf8: str):
+        self.on_bad_utf8, self.skipped, self.first_in = on_bad_utf8, 0, None
+
+    def is_bad(self, record: dict, uri: str) -> bool:
+        """True for a record to skip; raises DataError under `fail`."""
+        if not record.get("__bad_utf8__"):
+            return False
+        if self.on_bad_utf8 == "fail":
+            raise DataError(f"{uri}: not valid UTF-8 (on_bad_utf8=fail)")
+        self.skipped += 1
+        self.first_in = self.first_in or uri
+        return True
+
+
 def range_key(index: int, files: list[SourceFile], content: str) -> str:
     doc = {"index": index, "files": [[f.uri, f.size, f.mtime_ns] for f in files], "content": content}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
