@@ -103,7 +103,7 @@ def rank_case(rank: int, world: int, port: int, case: str, path: str, layout: st
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     from megatron.core import dist_checkpointing
 
-    from llada_core.checkpoint import load_checkpoint, load_into, save_checkpoint
+    from llada_core.checkpoint import copy_into, load_checkpoint, save_checkpoint
     from llada_core.data.tokenizer import load_tokenizer
     from llada_core.model.build import LladaModel
     from llada_core.model.hf_io import expected_shapes
@@ -134,7 +134,7 @@ def rank_case(rank: int, world: int, port: int, case: str, path: str, layout: st
         dist_checkpointing.save(msd, str(w / f"state-{layout}"))
     elif case == "load" and path == "previous":
         cfg, full, _, _ = load_checkpoint(w / "ckpt")
-        load_into(model, shard_state(full, cfg, current_coords()))
+        copy_into(model, shard_state(full, cfg, current_coords()).items())
     elif path == "today (state)":
         msd = model.gpt.sharded_state_dict(metadata={"non_homogeneous_layers": True})
         model.gpt.load_state_dict(dist_checkpointing.load(msd, str(w / "state-tp2")), strict=True)

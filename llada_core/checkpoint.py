@@ -138,14 +138,6 @@ def load_checkpoint(path: str | Path) -> tuple[ModelConfig, dict[str, Tensor], L
     return reader.cfg, {name: reader.tensor(name) for name in reader.names()}, reader.tok, reader.meta
 
 
-def load_into(model, state: dict[str, Tensor]) -> None:
-    """Strict load into a LladaModel (megatron's `_extra_state` entries carry no weights)."""
-    result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not k.endswith("_extra_state")]
-    if missing or result.unexpected_keys:
-        raise CheckpointError(f"state mismatch: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
-
-
 def load_streamed(model, reader: CheckpointReader) -> None:
     """Strict load of a whole checkpoint into a 1-rank LladaModel, one tensor in memory at a time
     (the model's own parameters are the only full copy)."""

@@ -145,7 +145,7 @@ class PartReader:
 
 
 class LazyTensor:
-    """What `reshard.read_shard` indexes (safetensors' slice interface): `[:]`, `[a:b]` (rows) and
+    """What `reshard.iter_shard` indexes (safetensors' slice interface): `[:]`, `[a:b]` (rows) and
     `[:, a:b]` (columns) read only those bytes."""
 
     def __init__(self, part: PartReader, key: str):

@@ -68,12 +68,10 @@ class PrepareDataConfig(PretrainDataSettings):
 
 
 def _training_texts(sources: list[SourceFile], max_bytes: int, on_bad_utf8: str):
-    seen = 0
+    seen, utf8 = 0, Utf8Policy(on_bad_utf8)
     for src in sources:
         for record in iter_records(src, ("text",)):
-            if record.get("__bad_utf8__"):
-                if on_bad_utf8 == "fail":
-                    raise DataError(f"{src.uri}: not valid UTF-8 (on_bad_utf8=fail)")
+            if utf8.is_bad(record, src.uri):
                 continue
             yield record["text"]
             seen += len(record["text"])

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from llada_core import masks
-from llada_core.checkpoint import load_checkpoint, load_into, tensors_digest
+from llada_core.checkpoint import copy_into, load_checkpoint, tensors_digest
 from llada_core.data.tokenizer import load_tokenizer
 from llada_core.model.hf_config import CheckpointError
 from llada_core.model.hf_io import expected_shapes
@@ -71,7 +71,7 @@ def our_logits(ckpt, ids):
 
     cfg, state, _, _ = load_checkpoint(ckpt)
     model = LladaModel(cfg).eval()
-    load_into(model, state)
+    copy_into(model, state.items())
     with torch.no_grad():
         return model(ids, positions(*ids.shape, ids.device), masks.causal_mask(torch.zeros_like(ids)))
 
@@ -147,7 +147,7 @@ def test_a_homogeneous_model_consolidates_from_its_training_checkpoint(megatron_
     import_hf(tmp_path / "hf", tmp_path / "ckpt", add_mask_token="<|mask|>")
     cfg, state, _, _ = load_checkpoint(tmp_path / "ckpt")
     model = LladaModel(cfg)
-    load_into(model, state)
+    copy_into(model, state.items())
     metadata = {"non_homogeneous_layers": True} if per_layer else None
     (tmp_path / "train").mkdir()
     dist_checkpointing.save(model.gpt.sharded_state_dict(metadata=metadata), str(tmp_path / "train"))

@@ -49,11 +49,11 @@ def test_gated_fc1_split_keeps_gate_and_up_halves():
 
 @pytest.mark.parametrize("layout", [dict(tp=2), dict(ep=2), dict(pp=2), dict(tp=2, pp=2, ep=4, etp=1)])
 def test_each_rank_reads_only_its_slices_from_the_consolidated_file(tmp_path, layout):
-    """read_shard on our lazy slices (plain reads of a safetensors file) == shard_state of the whole
+    """iter_shard on our lazy slices (plain reads of a safetensors file) == shard_state of the whole
     state in memory, and reads no more bytes than the rank holds."""
     from safetensors.torch import save_file
 
-    from llada_core.parallel.reshard import read_shard
+    from llada_core.parallel.reshard import iter_shard
     from llada_core.safetensors_parts import PartReader
 
     cfg = load_preset("tiny", ["vocab_size=64", "qkv_bias=true"])
@@ -79,6 +79,6 @@ def test_each_rank_reads_only_its_slices_from_the_consolidated_file(tmp_path, la
 
             return Counted()
 
-        got = read_shard(lazy, list(full), cfg, c)
+        got = dict(iter_shard(lazy, list(full), cfg, c))
         assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want), c
         assert read["bytes"] == sum(t.numel() * t.element_size() for t in want.values())

@@ -115,10 +115,6 @@ def _part(n: int, rank: int, size: int) -> slice:
     return slice(rank * step, (rank + 1) * step)
 
 
-def read_shard(get_slice, names: list[str], cfg: ModelConfig, c: RankCoords) -> dict[str, Tensor]:
-    return dict(iter_shard(get_slice, names, cfg, c))
-
-
 def iter_shard(get_slice, names: list[str], cfg: ModelConfig, c: RankCoords) -> Iterator[tuple[str, Tensor]]:
     """shard_state without the consolidated state in memory, one (local name, tensor) at a time:
     `get_slice(name)` is a lazy tensor (indexing reads only those rows / columns), so a rank reads
