@@ -3,8 +3,10 @@
 - ELBO perplexity: exp of the block-diffusion loss (Eq. 1, a per-token upper bound of the NLL) on a
   held-out split, with noise seeded per row so every model sees the same masks;
 - task accuracy: exact match of the parallel decoder's answers (threshold + block) on held-out
-  verifiable tasks, with TPF (tokens per forward pass) and decode tokens/s;
-- preference accuracy: share of held-out pairs whose policy ELBO prefers chosen over rejected.
+  verifiable tasks, with TPF (tokens per forward pass) and decode tokens/s, overall and per task;
+  the same with one token per forward left to right (the AR-style baseline on the same model);
+- preference accuracy: share of held-out pairs whose policy ELBO prefers chosen over rejected, with
+  DPO's own noise band and EOS tail.
 """
 
 from __future__ import annotations
@@ -17,16 +19,17 @@ from pathlib import Path
 import torch
 
 from llada_core.checkpoint import CheckpointReader, load_streamed
+from llada_core.data.chat import encode_prompt
 from llada_core.data.shards import read_manifest, read_split
 from llada_core.data.synthetic import check_answer
 from llada_core.model.build import LladaModel
 from llada_core.objectives.block_diffusion import block_diffusion_loss
 from llada_core.objectives.common import row_noise, sample_generator
 from llada_core.objectives.dpo import elbo
-from llada_core.objectives.sft import pad_examples
+from llada_core.objectives.sft import ResponseConfig, pad_examples
 from llada_core.parallel.layout import ParallelLayout
 from llada_core.parallel.setup import init_single_process
-from llada_core.sampler import generate_text
+from llada_core.sampler import generate_batch
 
 
 def load_model(path: str):
@@ -61,45 +64,62 @@ def _read_jsonl(path: str, n: int) -> list[dict]:
     return rows[:n]
 
 
+def _summary(hits: int, tokens: int, forwards: int, seconds: float, n: int) -> dict:
+    """The rates and the counts they come from (so tasks can be pooled)."""
+    return {"accuracy": hits / max(n, 1), "tpf": tokens / max(forwards, 1), "tokens_per_s": tokens / max(seconds, 1e-9),
+            "n": n, "hits": hits, "tokens": tokens, "forwards": forwards, "seconds": seconds}
+
+
 @torch.no_grad()
 def task_accuracy(model, tok, tasks_jsonl: str, n: int = 100, threshold: float = 0.95, block_size: int = 32,
-                  max_new_tokens: int = 32) -> dict:
+                  max_new_tokens: int = 32, left_to_right: bool = False, batch: int = 64) -> dict:
+    """Exact match, TPF and decode tokens/s on the first n held-out tasks, overall and per task; the
+    prompts of a task are decoded together (`generate_batch`), so tokens/s is per task as well."""
     rows = _read_jsonl(tasks_jsonl, n)
-    correct, tokens, passes, seconds, per_task = 0, 0, 0, 0.0, {}
-    for row in rows:
-        t0 = time.perf_counter()
-        answer, result = generate_text(model, tok, row["prompt"], max_new_tokens=max_new_tokens,
-                                       max_len=model.cfg.max_position, block_size=block_size, threshold=threshold)
-        seconds += time.perf_counter() - t0
-        ok = check_answer(row["prompt"], answer.strip())
-        correct += ok
-        tokens, passes = tokens + len(result.tokens), passes + result.forward_passes
-        hits, total = per_task.get(row.get("task", "?"), (0, 0))
-        per_task[row.get("task", "?")] = (hits + ok, total + 1)
+    stops = (tok.id_of("eot"), tok.id_of("eos"))
+    per_task: dict[str, dict] = {}
+    totals = [0, 0, 0, 0.0]  # hits, tokens, forwards, seconds
+    for task in sorted({r.get("task", "?") for r in rows}):
+        mine = [r for r in rows if r.get("task", "?") == task]
+        counts = [0, 0, 0, 0.0]
+        for i in range(0, len(mine), batch):
+            chunk = mine[i : i + batch]
+            prompts = [encode_prompt(tok, [{"role": "user", "content": r["prompt"]}]) for r in chunk]
+            t0 = time.perf_counter()
+            results = generate_batch(model, prompts, mask_id=tok.id_of("mask"), eos_id=stops[1], stop_ids=stops[:1],
+                                     max_new_tokens=max_new_tokens, max_len=model.cfg.max_position,
+                                     block_size=block_size, threshold=threshold, left_to_right=left_to_right)
+            counts[3] += time.perf_counter() - t0
+            for r, res in zip(chunk, results, strict=True):
+                answer = tok.decode([t for t in res.tokens if t not in stops])
+                counts[0] += check_answer(r["prompt"], answer.strip())
+                counts[1] += len(res.tokens)
+                counts[2] += res.forward_passes
+        per_task[task] = _summary(*counts, len(mine))
+        totals = [a + b for a, b in zip(totals, counts, strict=True)]
     copy = sum(check_answer(r["prompt"], r["prompt"].split(": ", 1)[-1]) for r in rows)  # echo the input
-    return {"accuracy": correct / max(len(rows), 1), "tpf": tokens / max(passes, 1),
-            "tokens_per_s": tokens / max(seconds, 1e-9), "n": len(rows), "threshold": threshold,
-            "copy_baseline": copy / max(len(rows), 1),
-            "per_task": {k: h / t for k, (h, t) in sorted(per_task.items())}}
+    return _summary(*totals, len(rows)) | {"threshold": threshold, "left_to_right": left_to_right,
+                                            "copy_baseline": copy / max(len(rows), 1), "per_task": per_task}
 
 
 @torch.no_grad()
-def preference_accuracy(model, dataset: str, split: str = "val", block_size: int = 32, max_rows: int = 64,
+def preference_accuracy(model, dataset: str, pairs: ResponseConfig, split: str = "val", max_rows: int = 64,
                         seed: int = 0) -> float:
-    """Share of pairs with ELBO(chosen) > ELBO(rejected), one shared noise draw per pair (as in DPO)."""
+    """Share of pairs with ELBO(chosen) > ELBO(rejected), one shared noise draw per pair, with the
+    block, mask-ratio band and EOS tail DPO trains with (`pairs`)."""
     manifest = read_manifest(dataset)
-    special = manifest["tokenizer"]["special_tokens"]
+    special = {k: v["id"] for k, v in manifest["tokenizer"]["special_tokens"].items()}
+    tail = {"eos_id": special["eos"]} if pairs.eos_tail else {"mask_id": special["mask"]}
     rows = read_split(dataset, split).slice(0, max_rows).to_pylist()
     wins = 0
     for i, r in enumerate(rows):
-        chosen = pad_examples([(r["chosen_ids"], r["prompt_len"])], block_size, special["pad"]["id"],
-                              special["mask"]["id"])
-        rejected = pad_examples([(r["rejected_ids"], r["prompt_len"])], block_size, special["pad"]["id"],
-                                special["mask"]["id"])
         g = sample_generator(seed, i)
         state = g.get_state()
-        e_c = elbo(model, chosen, row_noise(chosen.response, [g]), block_size, special["mask"]["id"])
-        g.set_state(state)
-        e_r = elbo(model, rejected, row_noise(rejected.response, [g]), block_size, special["mask"]["id"])
-        wins += int(e_c.item() > e_r.item())
+        elbos = []
+        for key in ("chosen_ids", "rejected_ids"):
+            b = pad_examples([(r[key], r["prompt_len"])], pairs.block_size, special["pad"], **tail)
+            g.set_state(state)
+            noise = row_noise(b.response, [g], pairs.alpha_min, pairs.alpha_max)
+            elbos.append(elbo(model, b, noise, pairs.block_size, special["mask"]).item())
+        wins += int(elbos[0] > elbos[1])
     return wins / max(len(rows), 1)

@@ -11,13 +11,16 @@ With a model that offers `kv_cache()` (LladaModel) the keys/values of finished b
 computed once and reused: each forward then processes only the block being decoded, plus, on its
 first step, the clean tokens not cached yet (the block just finished, or the prompt), which that
 same forward commits to the cache; otherwise every step recomputes the whole prefix.
+`generate_batch` decodes many prompts in one forward per step (evaluation).
+`left_to_right=True` fills exactly one token per forward, the leftmost masked one: the AR-style
+baseline on the same model.
 TPF (tokens per forward) = generated tokens / model forward calls.
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -54,33 +57,78 @@ def _cached_logits(model, seq, start: int, end: int, block_size: int, cache=None
     return logits[0, start - first :], end - first
 
 
-@torch.no_grad()
-def generate(model, prompt: list[int], *, mask_id: int, eos_id: int, max_new_tokens: int, max_len: int,
-             block_size: int = 32, threshold: float = 0.95, min_accept: int = 1, temperature: float = 0.0,
-             stop_ids: tuple[int, ...] = (), generator: torch.Generator | None = None,
-             device: str | torch.device = "cpu", use_cache: bool = True) -> DecodeResult:
-    if not prompt:
+@dataclass(frozen=True)
+class Rule:
+    """Which masked positions of the block one forward fills."""
+
+    mask_id: int
+    threshold: float = 0.95
+    min_accept: int = 1
+    temperature: float = 0.0
+    generator: torch.Generator | None = None
+    left_to_right: bool = False  # exactly one token per forward, the leftmost masked: the AR-style baseline
+
+
+def _unmask(logits, block, rule: Rule):
+    """The block after one step: every masked position whose confidence >= threshold takes its
+    prediction; if fewer than min_accept pass, the min_accept most confident do."""
+    logits = logits.float()
+    logits[:, rule.mask_id] = float("-inf")  # never "predict" the noise token
+    t = rule.temperature
+    probs = torch.softmax(logits / t if t > 0 else logits, dim=-1)
+    if t > 0:
+        choice = torch.multinomial(probs, 1, generator=rule.generator).squeeze(-1)
+    else:
+        choice = probs.argmax(-1)
+    still = block == rule.mask_id
+    if rule.left_to_right:
+        accept = torch.zeros_like(still)
+        accept[int(still.nonzero()[0])] = True
+        return torch.where(accept, choice, block)
+    confidence = probs.gather(-1, choice[:, None]).squeeze(-1)
+    confidence = torch.where(still, confidence, torch.full_like(confidence, -1.0))
+    accept = still & (confidence >= rule.threshold)
+    if int(accept.sum()) < rule.min_accept:
+        k = min(rule.min_accept, int(still.sum()))
+        accept = torch.zeros_like(still)
+        accept[confidence.topk(k).indices] = True
+    return torch.where(accept, choice, block)
+
+
+def _check(start: int, max_new_tokens: int, max_len: int, block_size: int, rule: Rule) -> int:
+    """The end of the last whole block the decode may write; bad settings fail here."""
+    if not start:
         raise ValueError("empty prompt")
-    if max_new_tokens < 1 or min_accept < 1 or not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"bad decode settings: max_new_tokens={max_new_tokens}, min_accept={min_accept}, "
-                         f"threshold={threshold}")
-    start = len(prompt)
+    if max_new_tokens < 1 or rule.min_accept < 1 or not 0.0 <= rule.threshold <= 1.0:
+        raise ValueError(f"bad decode settings: max_new_tokens={max_new_tokens}, min_accept={rule.min_accept}, "
+                         f"threshold={rule.threshold}")
     end_all = -(-(start + max_new_tokens) // block_size) * block_size  # whole blocks
     if end_all > max_len:
         raise ValueError(
             f"prompt of {start} tokens + {max_new_tokens} new tokens (rounded up to blocks of {block_size}: "
             f"{end_all}) exceeds the model context of {max_len} tokens"
         )
+    return end_all
+
+
+@torch.no_grad()
+def generate(model, prompt: list[int], *, mask_id: int, eos_id: int, max_new_tokens: int, max_len: int,
+             block_size: int = 32, threshold: float = 0.95, min_accept: int = 1, temperature: float = 0.0,
+             stop_ids: tuple[int, ...] = (), generator: torch.Generator | None = None,
+             device: str | torch.device = "cpu", use_cache: bool = True, left_to_right: bool = False) -> DecodeResult:
+    rule = Rule(mask_id, threshold, min_accept, temperature, generator, left_to_right)
+    start = len(prompt)
+    end_all = _check(start, max_new_tokens, max_len, block_size, rule)
     seq = torch.full((1, end_all), mask_id, dtype=torch.long, device=device)
     seq[0, :start] = torch.tensor(prompt, device=device)
     cached = use_cache and hasattr(model, "kv_cache")
     with model.kv_cache() if cached else contextlib.nullcontext() as cache:
-        return _decode(model, seq, start, max_new_tokens, mask_id, {eos_id, *stop_ids}, block_size, threshold,
-                       min_accept, temperature, generator, _cached_logits if cached else _recompute_logits, cache)
+        return _decode(model, seq, start, max_new_tokens, {eos_id, *stop_ids}, block_size, rule,
+                       _cached_logits if cached else _recompute_logits, cache)
 
 
-def _decode(model, seq, start, max_new_tokens, mask_id, stops, block_size, threshold, min_accept, temperature,
-            generator, block_logits, cache) -> DecodeResult:
+def _decode(model, seq, start, max_new_tokens, stops, block_size, rule: Rule, block_logits, cache) -> DecodeResult:
+    mask_id = rule.mask_id
     passes, steps_per_block, processed = 0, [], 0
     pos = start
     while pos < start + max_new_tokens:
@@ -89,23 +137,8 @@ def _decode(model, seq, start, max_new_tokens, mask_id, stops, block_size, thres
         block_start = pos - pos % block_size
         while (seq[0, pos:block_end] == mask_id).any():
             logits, n = block_logits(model, seq, block_start, block_end, block_size, cache)
-            logits = logits[pos - block_start :].float()
             processed += n
-            logits[:, mask_id] = float("-inf")  # never "predict" the noise token
-            probs = torch.softmax(logits / temperature if temperature > 0 else logits, dim=-1)
-            if temperature > 0:
-                choice = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-            else:
-                choice = probs.argmax(-1)
-            confidence = probs.gather(-1, choice[:, None]).squeeze(-1)
-            still = seq[0, pos:block_end] == mask_id
-            confidence = torch.where(still, confidence, torch.full_like(confidence, -1.0))
-            accept = still & (confidence >= threshold)
-            if int(accept.sum()) < min_accept:
-                k = min(min_accept, int(still.sum()))
-                accept = torch.zeros_like(still)
-                accept[confidence.topk(k).indices] = True
-            seq[0, pos:block_end] = torch.where(accept, choice, seq[0, pos:block_end])
+            seq[0, pos:block_end] = _unmask(logits[pos - block_start :], seq[0, pos:block_end], rule)
             passes += 1
             steps += 1
             if _finished(seq[0, pos:block_end].tolist(), stops, mask_id):
@@ -117,6 +150,57 @@ def _decode(model, seq, start, max_new_tokens, mask_id, stops, block_size, thres
             return DecodeResult(seq[0, start : pos + hit + 1].tolist(), passes, steps_per_block, processed)
         pos = block_end
     return DecodeResult(seq[0, start : start + max_new_tokens].tolist(), passes, steps_per_block, processed)
+
+
+@dataclass
+class _Row:
+    start: int
+    pos: int  # the first position of the block being decoded (or of the answer)
+    passes: int = 0
+    steps: int = 0
+    steps_per_block: list[int] = field(default_factory=list)
+    processed: int = 0
+    result: DecodeResult | None = None
+
+
+@torch.no_grad()
+def generate_batch(model, prompts: list[list[int]], *, mask_id: int, eos_id: int, max_new_tokens: int, max_len: int,
+                   block_size: int = 32, threshold: float = 0.95, min_accept: int = 1, stop_ids: tuple[int, ...] = (),
+                   device: str | torch.device = "cpu", left_to_right: bool = False) -> list[DecodeResult]:
+    """`generate` for many prompts, one forward per step for all unfinished ones (greedy only, so each
+    prompt gets the tokens it gets alone). Each forward runs every prompt's prefix and current block
+    (the recompute layout) right-padded to the longest; a prompt's positions after its current block
+    are another document, so no prompt sees anything it would not see alone. A prompt that finishes
+    leaves the batch; its forward count is the steps it took part in."""
+    rule = Rule(mask_id, threshold, min_accept, left_to_right=left_to_right)
+    ends = [_check(len(p), max_new_tokens, max_len, block_size, rule) for p in prompts]
+    seq = torch.full((len(prompts), max(ends, default=0)), mask_id, dtype=torch.long, device=device)
+    for r, p in enumerate(prompts):
+        seq[r, : len(p)] = torch.tensor(p, device=device)
+    stops, rows = {eos_id, *stop_ids}, [_Row(len(p), len(p)) for p in prompts]
+    where = torch.arange(seq.shape[1], device=device)
+    while active := [r for r, row in enumerate(rows) if row.result is None]:
+        block_ends = [(rows[r].pos // block_size + 1) * block_size for r in active]
+        T = max(block_ends)
+        doc = torch.where(where[None, :T] < torch.tensor(block_ends, device=device)[:, None], 0, -1)
+        allowed = masks.block_causal_mask(doc, block_size)
+        logits = model(seq[active, :T], where[None, :T].expand(len(active), T), allowed)
+        for i, (r, end) in enumerate(zip(active, block_ends, strict=True)):
+            row = rows[r]
+            seq[r, row.pos : end] = _unmask(logits[i, row.pos : end], seq[r, row.pos : end], rule)
+            row.passes, row.steps, row.processed = row.passes + 1, row.steps + 1, row.processed + T
+            block = seq[r, row.pos : end].tolist()
+            if mask_id in block and not _finished(block, stops, mask_id):
+                continue
+            row.steps_per_block.append(row.steps)
+            row.steps = 0
+            hit = next((j for j, t in enumerate(block) if t in stops), None)
+            if hit is not None or end >= row.start + max_new_tokens:
+                stop = row.pos + hit + 1 if hit is not None else row.start + max_new_tokens
+                row.result = DecodeResult(seq[r, row.start : stop].tolist(), row.passes, row.steps_per_block,
+                                          row.processed)
+            row.pos = end
+    return [row.result for row in rows]
 
 
 def _finished(block: list[int], stops: set[int], mask_id: int) -> bool:

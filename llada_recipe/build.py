@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from llada_core import storage
 from llada_core.config import ConfigError, format_validation_error, load_config
 from llada_core.data.sources import STDLIB
+from llada_core.objectives.sft import ResponseConfig
 from llada_core.trainer.config import LaunchConfig, TrainingConfig, TrainingSettings
 from llada_recipe.config import RecipeConfig, recipe_path
 from llada_recipe.memory import HandoffMemory, checkpoint_width, handoff_memory, recipe_model
@@ -119,6 +120,10 @@ def build_nodes(cfg: RecipeConfig) -> list[Node]:
         decay = phase == "decay"
         stage = _stage(cfg, name, cfg.cpt, data=pretrain, schedule=cfg.schedule, schedule_offset_tokens=start,
                        steps=math.ceil((end - start) / per_step), **init)
+        if not cfg.cpt.carry_state:  # a fresh node counts steps from 0: the noise window is CPT's, not the node's
+            noise_steps = max(0, stage.objective.mask_noise_steps - start // per_step)
+            stage = stage.model_copy(update={"objective": stage.objective.model_copy(
+                update={"mask_noise_steps": noise_steps})})
         if decay:
             stage = stage.model_copy(update={"checkpoint_every": cfg.cpt.candidates_every})
         nodes.append(_train_node(cfg, name, stage, candidates=decay))
@@ -142,9 +147,9 @@ def build_nodes(cfg: RecipeConfig) -> list[Node]:
     tasks = "${make_tasks.tasks}" if not (ins.sft_input and ins.dpo_input) else None
     nodes.append(Node("eval", S + "evaluate", {
         "models": models, "pretrain": pretrain, "tasks": tasks or "", "dpo": dpo_data, "out": "${out}",
-        **_dump(cfg.eval),
+        **_dump(cfg.eval), "pairs": cfg.dpo.objective.model_dump(mode="json", include=set(ResponseConfig.model_fields)),
         "decode_models": [m for m in ("merged", "sft", "cap", "dpo") if m in models] if tasks else [],
-        "sweep_models": ["sft", "cap"] if tasks else []}))
+        "sweep_models": ["sft", "cap", "dpo"] if tasks else []}))
     nodes.append(Node("export", S + "export_hf", {"checkpoint": "${dpo.checkpoint}", "out": "${out}"}))
     return _with_memory(nodes, recipe_memory(cfg))
 

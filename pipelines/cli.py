@@ -174,7 +174,7 @@ def _cmd_make_tasks(args) -> int:
     from stages.llada import MakeTasksConfig
 
     cfg = load_config(MakeTasksConfig, values=_flags(args, ["out", "n", "seed", "eval_fraction"]))
-    print(json.dumps(write_task_files(cfg.out, cfg.n, cfg.seed, cfg.eval_fraction), indent=2))
+    print(json.dumps(write_task_files(cfg.out, cfg.n, cfg.seed, cfg.eval_fraction, cfg.items), indent=2))
     return 0
 
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from llada_core import storage
 from llada_core.config import StrictModel
+from llada_core.data.synthetic import ITEMS
+from llada_core.objectives.sft import ResponseConfig
 from llada_core.trainer.config import LaunchConfig, TrainingConfig
 from pipelines.dag import Stage
 from stages import prepare_data, prepare_instruct
@@ -20,6 +22,14 @@ class TaskSetSettings(StrictModel):
 
     n: int = Field(4000, ge=8)  # distinct problems
     eval_fraction: float = Field(0.1, gt=0, lt=1)
+    items: tuple[int, int] = ITEMS  # answer length range (symbols), inclusive
+
+    @field_validator("items")
+    @classmethod
+    def _range(cls, v):
+        if not 1 <= v[0] <= v[1]:
+            raise ValueError(f"{list(v)} is not a range of answer lengths (1 <= min <= max)")
+        return v
 
 
 class MakeTasksConfig(TaskSetSettings):
@@ -31,7 +41,7 @@ def _make_tasks(cfg: MakeTasksConfig, ctx) -> dict:
     from llada_core.data.synthetic import write_task_files
 
     with storage.output_dir(cfg.out) as local:
-        write_task_files(local, cfg.n, cfg.seed, cfg.eval_fraction)
+        write_task_files(local, cfg.n, cfg.seed, cfg.eval_fraction, cfg.items)
     return {"tasks": cfg.out}
 
 
@@ -127,8 +137,10 @@ class EvalConfig(EvalSettings):
     pretrain: str  # dataset: ELBO perplexity on its val split
     tasks: str  # directory with sft_eval.jsonl (held-out verifiable tasks)
     dpo: str  # dataset: preference accuracy on its val split
-    decode_models: list[str] = ["merged", "sft", "cap", "dpo"]  # task accuracy with the parallel decoder
-    sweep_models: list[str] = ["sft", "cap"]  # + a threshold sweep on half the tasks (accuracy vs TPF)
+    pairs: ResponseConfig = ResponseConfig()  # DPO's block, noise band and EOS tail: preference as DPO trains it
+    # task accuracy with the parallel decoder and, on the same model, one token per forward left to right
+    decode_models: list[str] = ["merged", "sft", "cap", "dpo"]
+    sweep_models: list[str] = ["sft", "cap", "dpo"]  # + the threshold sweep (accuracy vs TPF)
     preference_models: list[str] = ["cap", "dpo"]
     out: str
 
@@ -139,6 +151,9 @@ def summary_metrics(label: str, r: dict) -> dict[str, float]:
     if "tasks" in r:
         flat |= {f"{label}.task_accuracy": r["tasks"]["accuracy"], f"{label}.tpf": r["tasks"]["tpf"],
                  f"{label}.decode_tokens_per_s": r["tasks"]["tokens_per_s"]}
+    if "one_token" in r:
+        flat |= {f"{label}.one_token.task_accuracy": r["one_token"]["accuracy"],
+                 f"{label}.one_token.decode_tokens_per_s": r["one_token"]["tokens_per_s"]}
     if "preference_accuracy" in r:
         flat[f"{label}.preference_accuracy"] = r["preference_accuracy"]
     return flat
@@ -154,11 +169,12 @@ def _eval(cfg: EvalConfig, ctx) -> dict:
         r = {"elbo_ppl": elbo_perplexity(model, cfg.pretrain, "val", cfg.block_size, cfg.max_rows)}
         if label in cfg.decode_models:
             r["tasks"] = task_accuracy(model, tok, tasks, cfg.n_tasks, cfg.threshold, cfg.block_size)
+            r["one_token"] = task_accuracy(model, tok, tasks, cfg.n_tasks, cfg.threshold, cfg.block_size,
+                                           left_to_right=True)
         if label in cfg.sweep_models:
-            r["sweep"] = {str(t): task_accuracy(model, tok, tasks, max(1, cfg.n_tasks // 2), t, cfg.block_size)
-                          for t in cfg.sweep}
+            r["sweep"] = {str(t): task_accuracy(model, tok, tasks, cfg.n_tasks, t, cfg.block_size) for t in cfg.sweep}
         if label in cfg.preference_models:
-            r["preference_accuracy"] = preference_accuracy(model, cfg.dpo, "val", cfg.block_size, cfg.max_rows * 2)
+            r["preference_accuracy"] = preference_accuracy(model, cfg.dpo, cfg.pairs, "val", cfg.max_rows * 2)
         results[label] = r
         del model, tok  # one model in memory at a time (llada_recipe.memory)
         ctx.log_metrics(i + 1, summary_metrics(label, r))

@@ -121,3 +121,27 @@ def test_bad_yaml_and_non_mapping(tmp_path):
         load_config(RecipeConfig, write(tmp_path, "- a\n- b\n"))
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(RecipeConfig, tmp_path / "missing.yaml")
+
+
+def test_recipe_wires_mask_noise_over_the_whole_cpt_and_dpos_pairs_into_eval():
+    from llada_recipe.build import build_nodes, tokens_per_step
+
+    def nodes(*over):
+        cfg = load_recipe("tiny-cpu", list(over))
+        return cfg, {n.name: n.config for n in build_nodes(cfg)}
+
+    cfg, carried = nodes()
+    per_step = tokens_per_step(cfg)
+    phases = [carried[f"cpt_{p}"]["training"] for p in ("warmup", "stable", "decay")]
+    # carried state continues the step count, so each node keeps the CPT-wide window of 100 steps
+    assert {p["objective"]["mask_noise_std"] for p in phases} == {0.1}
+    assert [p["objective"]["mask_noise_steps"] for p in phases] == [100, 100, 100]
+    assert all(p.get("init_state") for p in phases[1:])
+    _, fresh = nodes("cpt.carry_state=false")
+    starts = [fresh[f"cpt_{p}"]["training"]["schedule_offset_tokens"] // per_step for p in ("warmup", "stable", "decay")]
+    assert starts[0] == 0 and starts[1] > 0
+    assert [fresh[f"cpt_{p}"]["training"]["objective"]["mask_noise_steps"] for p in ("warmup", "stable", "decay")] == [
+        max(0, 100 - s) for s in starts]
+    _, off = nodes("dpo.objective.alpha_min=0.5", "dpo.objective.eos_tail=false")
+    assert off["eval"]["pairs"] == {"block_size": 32, "alpha_min": 0.5, "alpha_max": 0.8, "eos_tail": False}
+    assert carried["sft"]["training"]["objective"]["eos_tail"] is True

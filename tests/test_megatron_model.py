@@ -135,11 +135,11 @@ def test_mask_embedding_noise_changes_only_with_masks(model):
     allowed = masks.document_mask(torch.zeros_like(ids))
     with torch.no_grad():
         clean = model(ids, pos, allowed)
-        same = model(ids, pos, allowed, mask_noise=(MASK, 0.1, torch.Generator().manual_seed(0)))
+        same = model(ids, pos, allowed, mask_noise=(MASK, 0.1, [torch.Generator().manual_seed(0)]))
         ids_m = ids.clone()
         ids_m[0, 1] = MASK
         a = model(ids_m, pos, allowed)
-        b = model(ids_m, pos, allowed, mask_noise=(MASK, 0.1, torch.Generator().manual_seed(0)))
+        b = model(ids_m, pos, allowed, mask_noise=(MASK, 0.1, [torch.Generator().manual_seed(0)]))
     assert torch.equal(clean, same) and not torch.allclose(a, b)
 
 
@@ -147,6 +147,19 @@ def test_sampler_runs_on_the_megatron_model(model):
     kw = dict(mask_id=MASK, eos_id=-1, max_new_tokens=8, max_len=128, block_size=4, threshold=0.95)
     a = generate(model, [10, 11, 12], **kw)
     assert a == generate(model, [10, 11, 12], **kw) and len(a.tokens) == 8 and a.forward_passes >= 3
+
+
+def test_batched_decoding_equals_one_prompt_at_a_time_with_the_kv_cache(model):
+    """The eval decodes a task's prompts together (recompute layout); alone, with the KV cache, each
+    prompt gets the same tokens and forward count."""
+    from llada_core.sampler import generate_batch
+
+    prompts = [[10, 11, 12], [13], [14, 15, 16, 17, 18, 19], [20, 21, 22, 23, 24]]
+    for settings in ({"threshold": 0.02}, {"threshold": 0.95, "left_to_right": True}):
+        kw = dict(mask_id=MASK, eos_id=30, stop_ids=(31, 32), max_new_tokens=10, max_len=128, block_size=4) | settings
+        alone = [generate(model, p, **kw) for p in prompts]
+        together = generate_batch(model, prompts, **kw)
+        assert [(r.tokens, r.forward_passes) for r in together] == [(r.tokens, r.forward_passes) for r in alone]
 
 
 def test_kv_cache_decoding_equals_recompute(model):

@@ -14,7 +14,7 @@ from llada_core.objectives.common import Noise, draw_noise
 from llada_core.objectives.dpo import dpo_loss, elbo
 from llada_core.objectives.sft import complementary, pad_examples, sft_loss
 
-MASK, PAD, V = 3, 2, 8
+MASK, PAD, EOS, V = 3, 2, 1, 8
 
 
 class FixedLogits(torch.nn.Module):
@@ -97,14 +97,47 @@ def test_sft_padding_prompt_and_complementary_masks():
     assert ((noise.t >= 0.3) & (noise.t <= 0.8)).all()
 
 
-def test_sft_tail_of_the_last_block_is_mask_context_like_the_decoder_sees():
-    batch = pad_examples([([1, 5, 6, 7, 4], 2), ([1, 5, 4], 1)], block_size=4, pad_id=PAD, mask_id=MASK)
-    # row 0 ends in block 1 at position 4: positions 5..7 are [MASK] context; row 1 ends in block 0
-    assert batch.input_ids.tolist() == [[1, 5, 6, 7, 4, MASK, MASK, MASK], [1, 5, 4, MASK, PAD, PAD, PAD, PAD]]
-    assert batch.doc_ids.tolist() == [[0] * 8, [0, 0, 0, 0, -1, -1, -1, -1]]
-    assert batch.response.sum(1).tolist() == [3, 2]  # the tail is never noised, never in the loss
+def test_sft_tail_of_the_last_block_eos_supervised_or_mask_context():
+    examples = [([1, 5, 6, 7, 4], 2), ([1, 5, 4], 1)]
+    # row 0 ends in block 1 at position 4: its tail is 5..7; row 1 ends in block 0: tail 3, then batch padding
+    eos = pad_examples(examples, block_size=4, pad_id=PAD, eos_id=EOS)
+    assert eos.input_ids.tolist() == [[1, 5, 6, 7, 4, EOS, EOS, EOS], [1, 5, 4, EOS, PAD, PAD, PAD, PAD]]
+    assert eos.doc_ids.tolist() == [[0] * 8, [0, 0, 0, 0, -1, -1, -1, -1]]
+    assert eos.response.tolist() == [[False, False, True, True, True, True, True, True],
+                                     [False, True, True, True, False, False, False, False]]  # tail = response
+    ctx = pad_examples(examples, block_size=4, pad_id=PAD, mask_id=MASK)
+    assert ctx.input_ids.tolist() == [[1, 5, 6, 7, 4, MASK, MASK, MASK], [1, 5, 4, MASK, PAD, PAD, PAD, PAD]]
+    assert ctx.doc_ids.tolist() == eos.doc_ids.tolist()
+    assert ctx.response.sum(1).tolist() == [3, 2]  # [MASK] context: never noised, never in the loss
     plain = pad_examples([([1, 5, 4], 1)], block_size=4, pad_id=PAD)
     assert plain.input_ids.tolist() == [[1, 5, 4, PAD]] and plain.doc_ids.tolist() == [[0, 0, 0, -1]]
+    with pytest.raises(ValueError, match="not both"):
+        pad_examples(examples, 4, PAD, eos_id=EOS, mask_id=MASK)
+
+
+def test_sft_loss_with_eos_tail_hand_computed_batch_padding_never_counts():
+    table = torch.zeros(8, V)
+    table[:, EOS] = math.log(3.0)  # p(EOS) = 3 / (V + 2) at every position, p(other) = 1 / (V + 2)
+    model = FixedLogits(table)
+    batch = pad_examples([([1, 5, 6, 7, 4], 2), ([1, 5, 4], 1)], block_size=4, pad_id=PAD, eos_id=EOS)
+    masked = torch.zeros(2, 8, dtype=torch.bool)
+    masked[0, [2, 6]] = True  # a response token and a tail EOS of row 0
+    masked[1, [3]] = True  # row 1's tail EOS
+    noise = Noise(torch.tensor([0.5, 0.25]), masked)
+    out = sft_loss(model, batch, 4, MASK, noise=noise, complementary_masking=False)
+    z = V + 2
+    nll_eos, nll_other = -math.log(3 / z), -math.log(1 / z)
+    # row 0: (token 6 + tail EOS) / 0.5; row 1: tail EOS / 0.25; over 6 + 3 response-or-tail tokens
+    expected = ((nll_other + nll_eos) / 0.5 + nll_eos / 0.25) / 9
+    assert out.loss.item() == pytest.approx(expected, rel=1e-6)
+    assert out.metrics == {"response_tokens": 9, "masked_tokens": 3}
+    ids = model.calls[-1][0]
+    assert ids[1, 4:8].tolist() == [PAD] * 4 and ids[0, 6] == MASK and ids[1, 3] == MASK  # padding stays
+    # complementary masks cover every response + tail token exactly once
+    doubled, both = complementary(batch, draw_noise(batch.response, torch.Generator().manual_seed(2), 0.3, 0.8))
+    first, second = both.masked.chunk(2)
+    assert torch.equal(first ^ second, batch.response) and not (first & second).any()
+    assert not (both.masked & (doubled.doc_ids < 0)).any()
 
 
 def test_sft_loss_hand_computed_and_pads_never_count():
@@ -157,10 +190,17 @@ def test_dpo_hand_computed_and_shared_noise():
 def test_mask_embedding_noise_only_at_mask_positions():
     emb = torch.zeros(1, 4, 8)
     ids = torch.tensor([[MASK, 5, MASK, 6]])
-    out = add_mask_embedding_noise(emb, ids, MASK, 0.1, torch.Generator().manual_seed(0))
+    out = add_mask_embedding_noise(emb, ids, MASK, 0.1, [torch.Generator().manual_seed(0)])
     assert (out[0, [1, 3]] == 0).all() and (out[0, [0, 2]] != 0).all()
     assert 0.03 < out[0, [0, 2]].std() < 0.3
     assert add_mask_embedding_noise(emb, ids, MASK, 0.0) is emb
+    # a sequence-parallel rank's slice (positions 2..3) gets exactly those positions of the whole noise
+    part = add_mask_embedding_noise(emb[:, 2:], ids, MASK, 0.1, [torch.Generator().manual_seed(0)], first=2)
+    assert torch.equal(part, out[:, 2:])
+    # rows draw from their own generators: a row's noise does not depend on the rest of the batch
+    two = add_mask_embedding_noise(emb.repeat(2, 1, 1), ids.repeat(2, 1), MASK, 0.1,
+                                   [torch.Generator().manual_seed(5), torch.Generator().manual_seed(0)])
+    assert torch.equal(two[1:], out)
 
 
 # ---- invariances with a real (tiny) attention model -------------------------------------------
@@ -251,8 +291,23 @@ def test_to_device_moves_every_tensor_of_a_batch_and_keeps_the_rest():
 
     g = torch.Generator().manual_seed(0)
     batch = NoisedBatch(torch.ones(2, 4, dtype=torch.long), torch.zeros(2, 4, dtype=torch.long),
-                        Noise(torch.rand(2), torch.zeros(2, 4, dtype=torch.bool)), 4, 3, (3, 0.1, g))
+                        Noise(torch.rand(2), torch.zeros(2, 4, dtype=torch.bool)), 4, 3, (3, 0.1, [g, g]))
     moved = to_device(batch, torch.device("meta"))
     assert [t.device.type for t in (moved.x0, moved.doc_ids, moved.noise.t, moved.noise.masked)] == ["meta"] * 4
-    assert moved.block_size == 4 and moved.mask_id == 3 and moved.mask_noise[2] is g
+    assert moved.block_size == 4 and moved.mask_id == 3 and moved.mask_noise[2][0] is g
     assert batch.x0.device.type == "cpu"  # the original is untouched
+
+
+def test_dpo_batch_draws_t_from_the_sft_band_with_the_eos_tail():
+    from llada_core.objectives.base import StepContext
+    from llada_core.objectives.dpo import DPO, DPOConfig
+
+    rows = [{"chosen_ids": [1, 5, 6, 7, 4], "rejected_ids": [1, 5, 7, 6, 4], "prompt_len": 2}] * 64
+    ctx = StepContext(MASK, PAD, EOS, seed=0, step=0, positions=list(range(64)))
+    b = DPO(DPOConfig(block_size=4)).batch(rows, ctx)
+    for noise in b.noise:
+        assert ((noise.t >= 0.3) & (noise.t <= 0.8)).all() and noise.t.max() - noise.t.min() > 0.3
+    assert b.chosen.input_ids[0].tolist() == [1, 5, 6, 7, 4, EOS, EOS, EOS] and b.chosen.response[0, 5:].all()
+    off = DPO(DPOConfig(block_size=4, eos_tail=False, alpha_min=1e-3, alpha_max=1.0)).batch(rows, ctx)
+    assert off.chosen.input_ids[0, 5:].tolist() == [MASK] * 3 and not off.chosen.response[0, 5:].any()
+    assert off.noise[0].t.min() < 0.3

@@ -52,7 +52,8 @@ def test_tiny_recipe_end_to_end(workdir, tmp_path):
     assert all(0 <= results[k]["tasks"]["accuracy"] <= 1 and results[k]["tasks"]["n"] == 4
                for k in ("sft", "cap", "dpo"))
     found = claims(results)
-    assert [c["claim"].split()[0] for c in found] == ["SFT", "CAP", "DPO"] and all(c["numbers"] for c in found)
+    assert [c["claim"].split()[0] for c in found] == ["SFT", "Parallel", "CAP", "DPO"]
+    assert all(c["numbers"] for c in found)
     assert (tmp_path / "report" / "report.md").read_text().count("|") > 20
     assert (tmp_path / "report" / "cpt_loss.png").stat().st_size > 1000
     doc = lineage(store, run_id, "export")
@@ -88,6 +89,8 @@ def test_sft_accuracy_far_above_the_trivial_baseline(workdir, tmp_path):
     results = json.loads(open(records["eval"]["outputs"]["results"]["uri"]).read())
     tasks = results["sft"]["tasks"]
     assert tasks["n"] == 100
-    (claim,) = [c for c in claims(results) if c["claim"].startswith("SFT")]
-    print(claim["numbers"], tasks["per_task"])
-    assert claim["shown"], claim["numbers"]
+    found = {c["claim"].split()[0]: c for c in claims(results)}
+    print({k: (c["numbers"], c["shown"]) for k, c in found.items()})
+    print({k: {m: (v["accuracy"], round(v["tpf"], 2)) for m, v in results["sft"][mode]["per_task"].items()}
+           for k, mode in (("parallel", "tasks"), ("one_token", "one_token"))})
+    assert found["SFT"]["shown"], found["SFT"]["numbers"]

@@ -2,7 +2,7 @@ import pytest
 import torch
 from tiny_attention_model import TinyAttentionLM
 
-from llada_core.sampler import generate
+from llada_core.sampler import generate, generate_batch
 
 MASK, EOS, V = 3, 1, 16
 
@@ -69,3 +69,27 @@ def test_prompt_longer_than_context_is_a_clear_error():
         generate(Oracle([5] * 64), [5] * 14, mask_id=MASK, eos_id=EOS, max_new_tokens=4, max_len=16, block_size=4)
     with pytest.raises(ValueError, match="empty prompt"):
         generate(Oracle([5]), [], mask_id=MASK, eos_id=EOS, max_new_tokens=4, max_len=16)
+
+
+def test_left_to_right_fills_one_token_per_forward_in_order():
+    target = [5, 6, 7, 8, 9, EOS, 11, 12] + [5] * 8
+    model = Oracle(target, sharp=50.0)  # confident everywhere: the parallel rule would take whole blocks
+    out = generate(model, target[:2], mask_id=MASK, eos_id=EOS, max_new_tokens=12, max_len=16, block_size=4,
+                   threshold=0.5, left_to_right=True)
+    assert out.tokens == [7, 8, 9, EOS] and out.forward_passes == 4 and out.steps_per_block == [2, 2]
+    filled = [int((ids[0] != MASK).sum()) for ids, _ in model.calls]
+    assert filled == [2, 3, 4, 5]  # each forward sees exactly one more decoded token
+
+
+@pytest.mark.parametrize("settings", [{"threshold": 0.95}, {"threshold": 0.12}, {"threshold": 1.0, "min_accept": 2},
+                                      {"threshold": 0.5, "left_to_right": True}])
+def test_batched_decoding_gives_the_tokens_of_one_prompt_at_a_time(settings):
+    lm = TinyAttentionLM(vocab=V, seed=3).eval()
+    prompts = [[5, 6, 7], [9], [4, 4, 8, 9, 10, 11], [12, 5, 6, 7, 8], [7, 7]]  # different blocks, lengths
+    kw = dict(mask_id=MASK, eos_id=EOS, stop_ids=(0,), max_new_tokens=9, max_len=32, block_size=4) | settings
+    alone = [generate(lm, p, **kw) for p in prompts]
+    together = generate_batch(lm, prompts, **kw)
+    assert [r.tokens for r in together] == [r.tokens for r in alone]
+    assert [r.forward_passes for r in together] == [r.forward_passes for r in alone]
+    assert [r.steps_per_block for r in together] == [r.steps_per_block for r in alone]
+    assert len({len(r.tokens) for r in alone}) > 1 or settings.get("threshold") == 1.0  # some stop early

@@ -1,6 +1,8 @@
 import json
 
-from llada_core.data.synthetic import TASKS, check_answer, generate, write_task_files
+import pytest
+
+from llada_core.data.synthetic import INDEPENDENT, ITEMS, TASKS, check_answer, generate, write_task_files
 
 
 def test_answers_are_correct_and_rejected_are_wrong():
@@ -11,6 +13,18 @@ def test_answers_are_correct_and_rejected_are_wrong():
         assert check_answer(r["prompt"], r["response"]), r
         assert not check_answer(r["prompt"], r["rejected"]), r
         assert r["rejected"] != r["response"]
+        assert ITEMS[0] <= len(r["response"].split()) <= ITEMS[1] == 16
+    assert {len(r["response"].split()) for r in rows} == set(range(8, 17))
+    assert INDEPENDENT == {"uppercase", "reverse"} and set(TASKS) - INDEPENDENT == {"parity", "running_sum"}
+
+
+@pytest.mark.parametrize("prompt, answer", [
+    ("Uppercase: a b z", "A B Z"), ("Reverse: a 1 b", "b 1 a"),
+    ("Parity: 1 0 1 1 0", "1 1 0 1 1"), ("Running sum: 7 5 9 0", "7 2 1 1"),
+])
+def test_checker_against_hand_computed_answers(prompt, answer):
+    assert check_answer(prompt, answer) and check_answer(prompt, " " + answer)
+    assert not check_answer(prompt, answer[:-1] + ("0" if answer[-1] != "0" else "1"))
 
 
 def test_deterministic_and_no_prompt_in_two_splits():

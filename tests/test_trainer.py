@@ -47,7 +47,9 @@ def init_ckpt(tmp_path_factory, data):
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, data, init_ckpt):
     out = tmp_path_factory.mktemp("ref")
-    stage = stage_dict(data, init_checkpoint=init_ckpt, model_overrides=["max_position=128"], steps=3)
+    # [MASK]-embedding noise in the first 2 of 3 steps: each layout must add the same noise to each sample
+    objective = {"kind": "cpt", "block_size": 8, "mask_noise_std": 0.1, "mask_noise_steps": 2}
+    stage = stage_dict(data, objective, init_checkpoint=init_ckpt, model_overrides=["max_position=128"], steps=3)
     return stage, spawn(1, stage, out, mode="save"), out
 
 

@@ -28,15 +28,23 @@ from llada_core.parallel.layout import ParallelLayout
 
 
 def add_mask_embedding_noise(embeddings: Tensor, input_ids: Tensor, mask_id: int, std: float,
-                             generator: torch.Generator | None = None) -> Tensor:
+                             generators: list[torch.Generator] | None = None, first: int = 0) -> Tensor:
     """Early-CPT stabiliser (R§4): Gaussian noise on the embedding output at [MASK] positions,
-    whose embedding an AR base model left near zero. embeddings: [B, S, H]."""
+    whose embedding an AR base model left near zero. embeddings: [B, S', H], positions first ..
+    first + S' of input_ids [B, S] (S' < S on a sequence-parallel rank). Row b's noise comes from
+    generators[b] and is drawn for all S positions, then sliced: every layout (micro-batch split,
+    DP, TP with sequence parallelism) adds the same noise to the same sample."""
     if std <= 0:
         return embeddings
-    # drawn where the (seeded, CPU) generator lives: the same noise on any device
-    noise = torch.randn(embeddings.shape, generator=generator, device=generator.device if generator else "cpu",
-                        dtype=embeddings.dtype).to(embeddings.device)
-    return embeddings + std * noise * (input_ids == mask_id).unsqueeze(-1).to(embeddings.dtype)
+    B, n, H = embeddings.shape
+    gens = generators or [None] * B
+    if len(gens) != B:
+        raise ValueError(f"mask noise: {len(gens)} generators for a batch of {B} rows")
+    # drawn where the (seeded, CPU) generators live: the same noise on any device
+    noise = torch.stack([torch.randn((input_ids.shape[1], H), generator=g, device=g.device if g else "cpu",
+                                     dtype=embeddings.dtype)[first : first + n] for g in gens]).to(embeddings.device)
+    at_mask = (input_ids[:, first : first + n] == mask_id).unsqueeze(-1).to(embeddings.dtype)
+    return embeddings + std * noise * at_mask
 
 
 class IndexedRotaryEmbedding(RotaryEmbedding):
@@ -137,15 +145,20 @@ class LladaModel(nn.Module):
 
     def forward(self, input_ids: Tensor, position_ids: Tensor, allowed: Tensor,
                 mask_noise: tuple | None = None) -> Tensor:
-        """mask_noise = (mask_id, std, generator) adds Gaussian noise to [MASK] embeddings."""
+        """mask_noise = (mask_id, std, one generator per row) adds Gaussian noise to [MASK] embeddings."""
         if not torch.equal(position_ids, position_ids[:1].expand_as(position_ids)):
             raise ValueError("every row of a batch must use the same position_ids")
         decoder_input = None
         if mask_noise is not None and self.pre_process:  # later stages receive the noised activations
-            mask_id, std, generator = mask_noise
-            emb = self.gpt.embedding(input_ids=input_ids, position_ids=position_ids)  # [S, B, H]
-            decoder_input = add_mask_embedding_noise(emb.transpose(0, 1), input_ids, mask_id, std,
-                                                     generator).transpose(0, 1)
+            mask_id, std, generators = mask_noise
+            emb = self.gpt.embedding(input_ids=input_ids, position_ids=position_ids)  # [S, B, H]; S/tp under SP
+            first = 0
+            if self.gpt.config.sequence_parallel:  # this rank's slice of the sequence
+                from megatron.core import parallel_state
+
+                first = parallel_state.get_tensor_model_parallel_rank() * emb.shape[0]
+            decoder_input = add_mask_embedding_noise(emb.transpose(0, 1), input_ids, mask_id, std, generators,
+                                                     first).transpose(0, 1)
         rotary = self.gpt.rotary_pos_emb
         rotary.positions = position_ids[0]
         try:

@@ -31,6 +31,7 @@ class StepContext:
 
     mask_id: int
     pad_id: int
+    eos_id: int
     seed: int
     step: int  # optimizer steps done before this one
     positions: list[int]  # global sample positions of the rows: each row's noise is seeded by its own

@@ -36,8 +36,12 @@ from llada_core.objectives.common import (
 
 class CPTConfig(BlockConfig):
     kind: Literal["cpt"] = "cpt"
-    mask_noise_std: float = Field(0.0, ge=0)  # early-CPT noise on [MASK] embeddings (R§4)
-    mask_noise_steps: int = Field(0, ge=0)
+    # CPT starts from an AR model (pretrained or imported) whose [MASK] embedding is near zero: Gaussian
+    # noise on the embedding output at [MASK] (R§4) for the first mask_noise_steps optimizer steps of the
+    # whole CPT (phase nodes that carry their state continue the count). CHOICE: std 0.1, 100 steps
+    # (tiny-cpu: the block-1 and block-4 warm-up); std 0 turns it off.
+    mask_noise_std: float = Field(0.1, ge=0)
+    mask_noise_steps: int = Field(100, ge=0)
 
 
 def denoise_inputs(xt: Tensor, x0: Tensor, doc_ids: Tensor, block_size: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -91,7 +95,7 @@ class NoisedBatch:
     noise: Noise
     block_size: int
     mask_id: int
-    mask_noise: tuple | None  # (mask_id, std, generator) for the model's [MASK]-embedding noise
+    mask_noise: tuple | None  # (mask_id, std, a generator per row) for the model's [MASK]-embedding noise
 
 
 class CPT(Objective):
@@ -102,8 +106,9 @@ class CPT(Objective):
         noise = row_noise(doc >= 0, [sample_generator(ctx.seed, p) for p in ctx.positions])
         block = ctx.block_size or self.cfg.block_size
         mask_noise = None
-        if self.cfg.mask_noise_std and ctx.step < self.cfg.mask_noise_steps:
-            mask_noise = (ctx.mask_id, self.cfg.mask_noise_std, sample_generator(ctx.seed + 1, ctx.positions[0]))
+        if self.cfg.mask_noise_std and ctx.step < self.cfg.mask_noise_steps:  # each row's own, like its mask
+            gens = [sample_generator(ctx.seed + 1, p) for p in ctx.positions]
+            mask_noise = (ctx.mask_id, self.cfg.mask_noise_std, gens)
         return NoisedBatch(x0, doc, noise, block, ctx.mask_id, mask_noise)
 
     def model_inputs(self, b: NoisedBatch) -> dict:

@@ -4,7 +4,9 @@
   B(y) = -sum_i 1[masked_i] * -log p(y_i | prompt, x_t) / t      (one Monte Carlo sample)
 
 CHOICE (VRPO, LLaDA-1.5): the same (t, mask) draw is shared by policy and reference for the same
-sequence, so the difference B_theta - B_ref has low variance. beta default 0.1. The reference is
+sequence, so the difference B_theta - B_ref has low variance. beta default 0.1. CHOICE: t from the
+SFT band [alpha_min, alpha_max] the reference was trained on, and the same EOS tail: with t down to
+1e-3 the 1/t weight reaches 1000 and saturates the sigmoid on states SFT never showed the model. The reference is
 frozen: its forward runs under no_grad. Two forwards of each model per micro-batch: no pipeline
 parallelism.
 """
@@ -19,7 +21,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from llada_core.objectives.base import BlockConfig, Objective, StepContext
+from llada_core.objectives.base import Objective, StepContext
 from llada_core.objectives.block_diffusion import denoise_logits, weighted_masked_nll
 from llada_core.objectives.common import (
     LossOutput,
@@ -29,10 +31,10 @@ from llada_core.objectives.common import (
     row_noise,
     sample_generator,
 )
-from llada_core.objectives.sft import SFTBatch, example_batch
+from llada_core.objectives.sft import ResponseConfig, SFTBatch, example_batch
 
 
-class DPOConfig(BlockConfig):
+class DPOConfig(ResponseConfig):
     kind: Literal["dpo"] = "dpo"
     beta: float = Field(0.1, gt=0)
 
@@ -74,11 +76,11 @@ class DPO(Objective):
     needs_reference, pipeline_parallel = True, False
 
     def batch(self, rows: list[dict], ctx: StepContext) -> PairBatch:
-        chosen = example_batch(rows, "chosen_ids", self.cfg.block_size, ctx)
-        rejected = example_batch(rows, "rejected_ids", self.cfg.block_size, ctx)
+        c = self.cfg
+        chosen, rejected = (example_batch(rows, key, c, ctx) for key in ("chosen_ids", "rejected_ids"))
         gens = [sample_generator(ctx.seed, p) for p in ctx.positions]  # chosen's draw, then rejected's
-        return PairBatch(chosen, rejected, (row_noise(chosen.response, gens), row_noise(rejected.response, gens)),
-                         ctx.mask_id)
+        noise = tuple(row_noise(b.response, gens, c.alpha_min, c.alpha_max) for b in (chosen, rejected))
+        return PairBatch(chosen, rejected, noise, ctx.mask_id)
 
     def forward_loss(self, model, reference, b: PairBatch) -> LossOutput:
         return dpo_loss(model, reference, b.chosen, b.rejected, self.cfg.block_size, b.mask_id, beta=self.cfg.beta,

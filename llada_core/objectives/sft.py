@@ -1,13 +1,14 @@
 """SFT (R§5.1, Eq. 5): block diffusion on the response only.
 
 - Prompt tokens are never masked and never in the loss; only response tokens are noised.
-- Each example is padded to a multiple of L_B; pad tokens are never masked and never counted (the
-  public SFT code masks and counts them: a known bug). The tail of the last block is [MASK] context
-  (see pad_examples), the rest of the padding (doc_ids = -1) is invisible.
+- EOS tail (the LLaDA convention; CHOICE: on): the rest of the block a response ends in is filled
+  with EOS, noised and supervised like the response, so the model learns to fill the tail of its
+  last block confidently and stop. Batch padding beyond that block (doc_ids = -1) is invisible:
+  never attended, never masked, never counted.
 - Mask ratio from the bandwidth t ~ U[alpha_min, alpha_max] (CHOICE [0.3, 0.8]).
 - Complementary masking: each example appears twice, with a mask and its inverse over the response,
-  so every response token is supervised exactly once per pair; the inverse copy has ratio 1 - t.
-Normalised by the number of response tokens in the (doubled) batch.
+  so every response (+ tail) token is supervised exactly once per pair; the inverse copy has ratio 1 - t.
+Normalised by the number of response (+ tail) tokens in the (doubled) batch.
 """
 
 from __future__ import annotations
@@ -31,17 +32,23 @@ from llada_core.objectives.common import (
 )
 
 
-class SFTConfig(BlockConfig):
-    kind: Literal["sft"] = "sft"
+class ResponseConfig(BlockConfig):
+    """The knobs of every objective on prompt/response examples (SFT, CAP, DPO)."""
+
     alpha_min: float = Field(0.3, gt=0, le=1)  # mask-ratio bandwidth
     alpha_max: float = Field(0.8, gt=0, le=1)
-    complementary_masking: bool = True
+    eos_tail: bool = True  # false: the rest of the last block is unsupervised [MASK] context
 
     @model_validator(mode="after")
     def _check(self):
         if self.alpha_min > self.alpha_max:
             raise ValueError(f"alpha_min: {self.alpha_min} exceeds alpha_max={self.alpha_max}")
         return self
+
+
+class SFTConfig(ResponseConfig):
+    kind: Literal["sft"] = "sft"
+    complementary_masking: bool = True
 
 
 @dataclass
@@ -59,14 +66,16 @@ class NoisedSFT:
     mask_id: int
 
 
-def pad_examples(examples: list[tuple[list[int], int]], block_size: int, pad_id: int,
-                 mask_id: int | None = None) -> SFTBatch:
+def pad_examples(examples: list[tuple[list[int], int]], block_size: int, pad_id: int, *,
+                 eos_id: int | None = None, mask_id: int | None = None) -> SFTBatch:
     """(input_ids, prompt_len) examples -> one batch padded to a common multiple of block_size.
 
-    With `mask_id`, the rest of the block an example ends in is [MASK] context (same document, never
-    masked by the noise, never in the loss): exactly what the decoder shows the model, whose block
-    after the answer is still all-[MASK] (CHOICE: without it a tiny model never saw those positions
-    and did not learn where its answer ends). Padding beyond that block stays invisible."""
+    The rest of the block an example ends in (its tail) is, with `eos_id`, EOS that is part of the
+    response (noised, supervised); with `mask_id`, [MASK] context (attended, never noised, never in
+    the loss: what the decoder shows before the tail is decoded); with neither, invisible padding.
+    Padding beyond that block is always invisible (doc_ids = -1)."""
+    if eos_id is not None and mask_id is not None:
+        raise ValueError("pad_examples: give eos_id (EOS tail) or mask_id ([MASK] tail), not both")
     longest = max(len(ids) for ids, _ in examples)
     L = -(-longest // block_size) * block_size
     ids = torch.full((len(examples), L), pad_id, dtype=torch.long)
@@ -76,10 +85,12 @@ def pad_examples(examples: list[tuple[list[int], int]], block_size: int, pad_id:
         ids[b, : len(seq)] = torch.tensor(seq)
         docs[b, : len(seq)] = 0
         response[b, prompt_len : len(seq)] = True
-        if mask_id is not None:
+        tail_id = eos_id if eos_id is not None else mask_id
+        if tail_id is not None:
             tail = -(-len(seq) // block_size) * block_size
-            ids[b, len(seq) : tail] = mask_id
+            ids[b, len(seq) : tail] = tail_id
             docs[b, len(seq) : tail] = 0
+            response[b, len(seq) : tail] = eos_id is not None
     return SFTBatch(ids, docs, response)
 
 
@@ -119,9 +130,10 @@ def sft_loss(model, batch: SFTBatch, block_size: int, mask_id: int, alpha_min: f
     return sft_from_logits(model(**sft_inputs(b)), b)
 
 
-def example_batch(rows: list[dict], key: str, block_size: int, ctx: StepContext) -> SFTBatch:
+def example_batch(rows: list[dict], key: str, cfg: ResponseConfig, ctx: StepContext) -> SFTBatch:
     """Rows of an instruction dataset (`key` = input_ids, chosen_ids or rejected_ids + prompt_len)."""
-    return pad_examples([(r[key], r["prompt_len"]) for r in rows], block_size, ctx.pad_id, ctx.mask_id)
+    tail = {"eos_id": ctx.eos_id} if cfg.eos_tail else {"mask_id": ctx.mask_id}
+    return pad_examples([(r[key], r["prompt_len"]) for r in rows], cfg.block_size, ctx.pad_id, **tail)
 
 
 class SFT(Objective):
@@ -129,7 +141,7 @@ class SFT(Objective):
 
     def batch(self, rows: list[dict], ctx: StepContext) -> NoisedSFT:
         c = self.cfg
-        batch = example_batch(rows, "input_ids", c.block_size, ctx)
+        batch = example_batch(rows, "input_ids", c, ctx)
         gens = [sample_generator(ctx.seed, p) for p in ctx.positions]
         noise = row_noise(batch.response, gens, c.alpha_min, c.alpha_max)
         return noised(batch, noise, c.block_size, ctx.mask_id, c.complementary_masking)

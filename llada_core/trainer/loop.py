@@ -64,7 +64,7 @@ class Trainer:
         init_parallel(cfg.layout, seed=cfg.seed)
         self.stream = RowStream(cfg.data, cfg.split, seed=cfg.seed)
         special = self.stream.manifest["tokenizer"]["special_tokens"]
-        self.mask_id, self.pad_id = special["mask"]["id"], special["pad"]["id"]
+        self.mask_id, self.pad_id, self.eos_id = (special[k]["id"] for k in ("mask", "pad", "eos"))
         self.objective = build_objective(cfg.objective)
         model_cfg = resolve_model_config(cfg, self.stream.manifest)
         dtype = training_dtype(cfg)
@@ -108,8 +108,8 @@ class Trainer:
                          for p in self.stream.micro_batch_positions(self.plan, self.step, micro, self.dp_rank)]
             rows = self.stream.rows_at(positions)
             self._real_tokens += self.objective.real_tokens(rows)
-            ctx = StepContext(self.mask_id, self.pad_id, self.cfg.seed, self.step_offset + self.step, positions,
-                              self._block_size(tokens))
+            ctx = StepContext(self.mask_id, self.pad_id, self.eos_id, self.cfg.seed, self.step_offset + self.step,
+                              positions, self._block_size(tokens))
             batches.append(to_device(self.objective.batch(rows, ctx), self.device))
         return batches
 
