@@ -137,8 +137,8 @@ def _plot_post(data: dict, path: Path) -> None:
         r = data["eval"].get(name, {})
         if "tasks" not in r:
             continue
-        points = sorted({float(t): v for t, v in r.get("sweep", {}).items()} | {r["tasks"]["threshold"]: r["tasks"]}
-                        .items())
+        by_threshold = {float(t): v for t, v in r.get("sweep", {}).items()} | {r["tasks"]["threshold"]: r["tasks"]}
+        points = sorted(by_threshold.items())
         line, = a2.plot([p["tpf"] for _, p in points], [p["accuracy"] for _, p in points], "o-", label=name)
         for t, p in points:
             a2.annotate(f"{t:g}", (p["tpf"], p["accuracy"]), fontsize=7)

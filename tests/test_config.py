@@ -138,10 +138,10 @@ def test_recipe_wires_mask_noise_over_the_whole_cpt_and_dpos_pairs_into_eval():
     assert [p["objective"]["mask_noise_steps"] for p in phases] == [100, 100, 100]
     assert all(p.get("init_state") for p in phases[1:])
     _, fresh = nodes("cpt.carry_state=false")
-    starts = [fresh[f"cpt_{p}"]["training"]["schedule_offset_tokens"] // per_step for p in ("warmup", "stable", "decay")]
+    fresh_phases = [fresh[f"cpt_{p}"]["training"] for p in ("warmup", "stable", "decay")]
+    starts = [p["schedule_offset_tokens"] // per_step for p in fresh_phases]
     assert starts[0] == 0 and starts[1] > 0
-    assert [fresh[f"cpt_{p}"]["training"]["objective"]["mask_noise_steps"] for p in ("warmup", "stable", "decay")] == [
-        max(0, 100 - s) for s in starts]
+    assert [p["objective"]["mask_noise_steps"] for p in fresh_phases] == [max(0, 100 - s) for s in starts]
     _, off = nodes("dpo.objective.alpha_min=0.5", "dpo.objective.eos_tail=false")
     assert off["eval"]["pairs"] == {"block_size": 32, "alpha_min": 0.5, "alpha_max": 0.8, "eos_tail": False}
     assert carried["sft"]["training"]["objective"]["eos_tail"] is True
