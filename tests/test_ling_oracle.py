@@ -29,7 +29,7 @@ CONFIG = {
 }
 
 
-def random_checkpoint(path) -> dict[str, torch.Tensor]:
+def random_checkpoint(path, model_type: str = "bailing_moe_v2") -> dict[str, torch.Tensor]:
     c = CONFIG
     g = torch.Generator().manual_seed(0)
     H, hd, E = c["hidden_size"], c["head_dim"], c["num_experts"]
@@ -60,7 +60,8 @@ def random_checkpoint(path) -> dict[str, torch.Tensor]:
         t |= {f"{p}mlp.shared_experts.{k}.weight": w(*s) for k, s in small.items()}
     path.mkdir()
     save_file(t, str(path / "model.safetensors"))
-    (path / "config.json").write_text(json.dumps(CONFIG))
+    arch = {"bailing_moe_v2": "BailingMoeV2ForCausalLM", "llada2_moe": "LLaDA2MoeModelLM"}[model_type]
+    (path / "config.json").write_text(json.dumps(CONFIG | {"model_type": model_type, "architectures": [arch]}))
     hf_tokenizer_dir(path, c["vocab_size"])
     return t
 
@@ -128,11 +129,12 @@ def reference_logits(t, ids):
     return rms(x, t["model.norm.weight"]) @ t["lm_head.weight"].T
 
 
-def test_imported_ling_checkpoint_matches_an_independent_forward(tmp_path):
+@pytest.mark.parametrize("model_type", ["bailing_moe_v2", "llada2_moe"])  # the AR base; a released LLaDA2 model
+def test_imported_ling_checkpoint_matches_an_independent_forward(tmp_path, model_type):
     from llada_core.parallel.setup import init_single_process
 
     init_single_process(seed=0)
-    tensors = random_checkpoint(tmp_path / "hf")
+    tensors = random_checkpoint(tmp_path / "hf", model_type)
     assert set(load_file(str(tmp_path / "hf" / "model.safetensors"))) == set(tensors)
     import_hf(tmp_path / "hf", tmp_path / "ckpt", add_mask_token="<|mask|>")
     ids = torch.randint(0, CONFIG["vocab_size"], (1, 24), generator=torch.Generator().manual_seed(1))

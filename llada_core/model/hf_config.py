@@ -1,12 +1,13 @@
-"""HF `config.json` <-> ModelConfig for the families we import: Qwen3 (dense), Qwen3-MoE and
-BailingMoeV2 (Ling 2.0, the LLaDA2.0 base). Anything we cannot represent exactly is an error
+"""HF `config.json` <-> ModelConfig for the families we import: Qwen3 (dense), Qwen3-MoE,
+BailingMoeV2 (Ling 2.0, the LLaDA2.0 base) and LLaDA2 (`llada2_moe`, the released diffusion models:
+the same config fields and tensor names as BailingMoeV2). Anything we cannot represent exactly is an error
 naming the field, never a silent approximation."""
 
 from __future__ import annotations
 
 from llada_core.model.config import ModelConfig
 
-SUPPORTED = ("qwen2", "qwen3", "qwen3_moe", "bailing_moe_v2")
+SUPPORTED = ("qwen2", "qwen3", "qwen3_moe", "bailing_moe_v2", "llada2_moe")
 
 
 class CheckpointError(ValueError):
@@ -73,7 +74,7 @@ def from_hf_config(cfg: dict) -> ModelConfig:
             moe_ffn_hidden_size=_get(cfg, "moe_intermediate_size"), router_score="softmax", router_expert_bias=False,
             norm_topk_prob=bool(cfg.get("norm_topk_prob", False)),
         )
-    # bailing_moe_v2
+    # bailing_moe_v2, llada2_moe
     _require(cfg, "use_qkv_bias", False, False)
     _require(cfg, "use_bias", False, False)
     shared = int(cfg.get("num_shared_experts") or 0)

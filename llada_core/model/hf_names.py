@@ -41,7 +41,7 @@ QWEN = _TOP | _mlp("shared_expert") | {  # Qwen2, Qwen3, Qwen3-MoE
     "self_attention.k_layernorm.weight": "self_attn.k_norm.weight",
 }
 
-LING = _TOP | _mlp("shared_experts") | {  # BailingMoeV2 (Ling 2.0, the LLaDA2.0 base)
+LING = _TOP | _mlp("shared_experts") | {  # BailingMoeV2 (Ling 2.0, the LLaDA2.0 base) and LLaDA2
     "embedding.word_embeddings.weight": "model.word_embeddings.weight",
     "self_attention.linear_qkv.weight": "attention.query_key_value.weight",
     "self_attention.linear_proj.weight": "attention.dense.weight",
@@ -49,4 +49,5 @@ LING = _TOP | _mlp("shared_experts") | {  # BailingMoeV2 (Ling 2.0, the LLaDA2.0
     "self_attention.k_layernorm.weight": "attention.key_layernorm.weight",
 }
 
-FAMILIES: dict[str, dict] = {"qwen2": QWEN, "qwen3": QWEN, "qwen3_moe": QWEN, "bailing_moe_v2": LING}
+FAMILIES: dict[str, dict] = {"qwen2": QWEN, "qwen3": QWEN, "qwen3_moe": QWEN, "bailing_moe_v2": LING,
+                             "llada2_moe": LING}
