@@ -70,6 +70,12 @@ def _summary(hits: int, tokens: int, forwards: int, seconds: float, n: int) -> d
             "n": n, "hits": hits, "tokens": tokens, "forwards": forwards, "seconds": seconds}
 
 
+def pooled(per_task: dict[str, dict], tasks=None) -> dict:
+    """The summary of several tasks' decodes (all of them, or those in `tasks`) from their counts."""
+    rows = [v for k, v in per_task.items() if tasks is None or k in tasks]
+    return _summary(*(sum(r[k] for r in rows) for k in ("hits", "tokens", "forwards", "seconds", "n")))
+
+
 @torch.no_grad()
 def task_accuracy(model, tok, tasks_jsonl: str, n: int = 100, threshold: float = 0.95, block_size: int = 32,
                   max_new_tokens: int = 32, left_to_right: bool = False, batch: int = 64) -> dict:
@@ -78,7 +84,6 @@ def task_accuracy(model, tok, tasks_jsonl: str, n: int = 100, threshold: float =
     rows = _read_jsonl(tasks_jsonl, n)
     stops = (tok.id_of("eot"), tok.id_of("eos"))
     per_task: dict[str, dict] = {}
-    totals = [0, 0, 0, 0.0]  # hits, tokens, forwards, seconds
     for task in sorted({r.get("task", "?") for r in rows}):
         mine = [r for r in rows if r.get("task", "?") == task]
         counts = [0, 0, 0, 0.0]
@@ -96,10 +101,9 @@ def task_accuracy(model, tok, tasks_jsonl: str, n: int = 100, threshold: float =
                 counts[1] += len(res.tokens)
                 counts[2] += res.forward_passes
         per_task[task] = _summary(*counts, len(mine))
-        totals = [a + b for a, b in zip(totals, counts, strict=True)]
     copy = sum(check_answer(r["prompt"], r["prompt"].split(": ", 1)[-1]) for r in rows)  # echo the input
-    return _summary(*totals, len(rows)) | {"threshold": threshold, "left_to_right": left_to_right,
-                                            "copy_baseline": copy / max(len(rows), 1), "per_task": per_task}
+    return pooled(per_task) | {"threshold": threshold, "left_to_right": left_to_right,
+                               "copy_baseline": copy / max(len(rows), 1), "per_task": per_task}
 
 
 @torch.no_grad()

@@ -47,16 +47,6 @@ def collect(store: RunStore, run_id: str) -> dict:
     return {"run_id": run_id, "recipe": run["recipe"], "nodes": nodes, "eval": results}
 
 
-def _independent(per_task: dict) -> dict:
-    """Accuracy, TPF and tokens/s pooled over the independent-position tasks (llada_core.data.synthetic)."""
-    rows = [v for k, v in per_task.items() if k in INDEPENDENT]
-    if not rows:
-        return {}
-    total = {k: sum(r[k] for r in rows) for k in ("hits", "n", "tokens", "forwards", "seconds")}
-    return {"accuracy": total["hits"] / max(total["n"], 1), "tpf": total["tokens"] / max(total["forwards"], 1),
-            "tokens_per_s": total["tokens"] / max(total["seconds"], 1e-9)}
-
-
 def claims(results: dict) -> list[dict]:
     """What the tiny recipe should show (the issue "The tiny recipe shows what a diffusion LM is for"),
     each with its numbers and whether it was shown; the criteria are the issue's, never tuned to a run."""
@@ -70,8 +60,10 @@ def claims(results: dict) -> list[dict]:
                                + (f", pre-SFT model {pre:.3f}" if pre is not None else "") + ")",
                     "shown": acc >= 0.9})
     if "tasks" in sft and "one_token" in sft:
-        par, one = _independent(sft["tasks"]["per_task"]), _independent(sft["one_token"]["per_task"])
-        if par and one:
+        from llada_core.evaluate import pooled  # the eval's own pooling of per-task counts
+
+        par, one = (pooled(sft[m]["per_task"], INDEPENDENT) for m in ("tasks", "one_token"))
+        if par["n"] and one["n"]:
             speed = par["tokens_per_s"] / max(one["tokens_per_s"], 1e-9)
             out.append({"claim": "Parallel decoding (threshold 0.95) on the independent-position tasks: TPF >= 3, "
                                  "accuracy within 2 points of one token per forward, decode tokens/s >= 2.5x",
