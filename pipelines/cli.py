@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, help="number of distinct problems (default 4000)")
     p.add_argument("--seed", type=int)
     p.add_argument("--eval-fraction", type=float, help="share of problems held out for evaluation (default 0.1)")
+    p.add_argument("--items", type=int, nargs=2, metavar=("MIN", "MAX"),
+                   help="answer length range in symbols, inclusive (default 8 16)")
     p.set_defaults(handler=_cmd_make_tasks)
 
     model = top.add_parser("model", help="import / export model checkpoints", description="Model checkpoints.")
@@ -173,7 +175,7 @@ def _cmd_make_tasks(args) -> int:
     from llada_core.data.synthetic import write_task_files
     from stages.llada import MakeTasksConfig
 
-    cfg = load_config(MakeTasksConfig, values=_flags(args, ["out", "n", "seed", "eval_fraction"]))
+    cfg = load_config(MakeTasksConfig, values=_flags(args, ["out", "n", "seed", "eval_fraction", "items"]))
     print(json.dumps(write_task_files(cfg.out, cfg.n, cfg.seed, cfg.eval_fraction, cfg.items), indent=2))
     return 0
 
