@@ -13,6 +13,7 @@ import sys
 import textwrap
 
 from llada_core.config import ConfigError, canonical_json, config_digest, load_config
+from llada_core.model.hf_formats import FORMATS
 
 EXIT_USAGE = 2
 
@@ -108,11 +109,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--add-mask-token",
                    help="token to add (with a new embedding row) when the tokenizer has no mask token")
     p.set_defaults(handler=_cmd_import_hf)
-    p = _parser_with_examples(msub, "export-hf", "write a checkpoint as HF safetensors + config.json + tokenizer", [
+    p = _parser_with_examples(msub, "export-hf", "write a checkpoint in a serving format (HF safetensors + configs "
+                              "+ tokenizer)", [
         "llada model export-hf work/ckpt/dpo --out work/hf/llada-tiny",
+        "llada model export-hf work/ckpt/dpo --out work/hf/llada2 --format llada2 --block-length 32 --threshold 0.95",
     ])
     p.add_argument("ckpt", help="checkpoint directory (from import-hf or training)")
     p.add_argument("--out", required=True, help="HF directory to create")
+    p.add_argument("--format", choices=sorted(FORMATS), dest="fmt",
+                   help="llada2 / sdar: a diffusion-LM server's (SGLang: LLaDA2MoeModelLM, SDAR); qwen / ling: AR "
+                        "layouts transformers loads (default: the AR layout of the model's family)")
+    p.add_argument("--block-length", type=int, help="decoding block for a diffusion format's generation config "
+                                                    "(default: the server's, 32 for llada2, 4 for sdar)")
+    p.add_argument("--threshold", type=float, default=0.95, help="confidence threshold for the generation config")
     p.set_defaults(handler=_cmd_export_hf)
 
     cfg = top.add_parser("config", help="inspect recipe configs", description="Inspect recipe configs.")
@@ -193,9 +202,10 @@ def _cmd_import_hf(args) -> int:
 def _cmd_export_hf(args) -> int:
     from stages.model_hf import export_hf
 
-    hf_cfg = export_hf(args.ckpt, args.out)
-    print(json.dumps({"out": args.out, "model_type": hf_cfg["model_type"], "vocab_size": hf_cfg["vocab_size"]},
-                     indent=2))
+    decoding = {"block_length": args.block_length, "threshold": args.threshold}
+    hf_cfg = export_hf(args.ckpt, args.out, args.fmt, decoding)
+    print(json.dumps({"out": args.out, "format": hf_cfg["format"], "architecture": hf_cfg["architectures"][0],
+                      "model_type": hf_cfg["model_type"], "vocab_size": hf_cfg["vocab_size"]}, indent=2))
     return 0
 
 

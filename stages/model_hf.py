@@ -3,7 +3,9 @@
 Import reads HF safetensors (never pickle) tensor by tensor, maps them to our megatron names and
 adds embedding / output rows for special tokens the tokenizer lacked (e.g. [MASK]; new rows start
 at zero: an AR base model's [MASK] embedding is near zero anyway, which is why early CPT adds
-noise there). Export writes safetensors + config.json + tokenizer that `transformers` loads.
+noise there). Export writes safetensors + config.json + generation config + tokenizer (with the chat
+template) in one of the formats of llada_core.model.hf_formats: a diffusion-LM server's (llada2, sdar)
+or an AR layout `transformers` loads (qwen, ling).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 from llada_core import storage
 from llada_core.checkpoint import SHARD_BYTES, CheckpointReader, save_checkpoint
 from llada_core.data.tokenizer import load_tokenizer
+from llada_core.model import hf_formats as formats
 from llada_core.model.config import pad_vocab
 from llada_core.model.hf_config import CheckpointError, from_hf_config, to_hf_config
 from llada_core.model.hf_io import P, hf_to_megatron, megatron_to_hf_stream
@@ -106,17 +109,33 @@ def _write_hf_shards(tensors, directory: Path, max_bytes: int) -> list[str]:
     return list(final.values())
 
 
-def export_hf(ckpt: str | Path, out: str | Path, max_shard_bytes: int = SHARD_BYTES) -> dict:
-    """Streamed: one of our tensors and one output part in memory at a time."""
+def export_hf(ckpt: str | Path, out: str | Path, fmt: str | None = None, decoding: dict | None = None,
+              max_shard_bytes: int = SHARD_BYTES) -> dict:
+    """Streamed: one of our tensors and one output part in memory at a time. `fmt` is a name in
+    hf_formats.FORMATS (None: the AR layout of the model's family, Qwen where it fits, else Ling);
+    `decoding` (block_length, threshold, ...) goes into a diffusion format's generation config.
+    Everything is checked before the first byte is written."""
     out = str(out)
     if storage.artifact_exists(out):
         raise CheckpointError(f"{out} exists; refusing to overwrite")
     reader = CheckpointReader(ckpt)
     cfg, tok = reader.cfg, reader.tok
-    hf_cfg = to_hf_config(cfg) | {"bos_token_id": tok.id_of("bos"), "eos_token_id": tok.id_of("eos"),
-                                  "pad_token_id": tok.id_of("pad"), "mask_token_id": tok.id_of("mask")}
+    if fmt is None:
+        hf_cfg = to_hf_config(cfg)
+        fmt = "qwen" if hf_cfg["model_type"].startswith("qwen") else "ling"
+    form = formats.get_format(fmt)
+    hf_cfg = formats.hf_config(cfg, form) | formats.special_ids(tok)
+    formats.check_tokenizer(tok, form)
     with storage.output_dir(out, replace=False) as tmp:
-        _write_hf_shards(megatron_to_hf_stream(reader.tensor, cfg, hf_cfg["model_type"]), tmp, max_shard_bytes)
+        tensors = megatron_to_hf_stream(reader.tensor, cfg, hf_cfg["model_type"])
+        if form.name == "llada2":  # the router's expert bias is kept in fp32 (as LLaDA2 checkpoints have it)
+            tensors = ((n, t.float() if n.endswith(".expert_bias") else t) for n, t in tensors)
+        _write_hf_shards(tensors, tmp, max_shard_bytes)
         (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2, sort_keys=True))
+        gen = formats.generation_config(tok, form, decoding or {})
+        (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2, sort_keys=True))
         tok.save(tmp)
-    return hf_cfg
+        tok_cfg = tmp / "tokenizer_config.json"
+        with_template = json.loads(tok_cfg.read_text()) | {"chat_template": formats.chat_template(tok)}
+        tok_cfg.write_text(json.dumps(with_template, indent=2, sort_keys=True))
+    return hf_cfg | {"format": form.name}

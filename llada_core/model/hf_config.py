@@ -1,13 +1,14 @@
-"""HF `config.json` <-> ModelConfig for the families we import: Qwen3 (dense), Qwen3-MoE,
-BailingMoeV2 (Ling 2.0, the LLaDA2.0 base) and LLaDA2 (`llada2_moe`, the released diffusion models:
-the same config fields and tensor names as BailingMoeV2). Anything we cannot represent exactly is an error
-naming the field, never a silent approximation."""
+"""HF `config.json` <-> ModelConfig for the families we import: Qwen2, Qwen3 (dense), Qwen3-MoE,
+BailingMoeV2 (Ling 2.0, the LLaDA2.0 base), LLaDA2 (`llada2_moe`, the released diffusion models:
+the same config fields and tensor names as BailingMoeV2) and SDAR (`sdar` / `sdar_moe`: Qwen3's).
+Anything we cannot represent exactly is an error naming the field, never a silent approximation."""
 
 from __future__ import annotations
 
 from llada_core.model.config import ModelConfig
 
-SUPPORTED = ("qwen2", "qwen3", "qwen3_moe", "bailing_moe_v2", "llada2_moe")
+SUPPORTED = ("qwen2", "qwen3", "qwen3_moe", "bailing_moe_v2", "llada2_moe", "sdar", "sdar_moe")
+_AS = {"sdar": "qwen3", "sdar_moe": "qwen3_moe", "llada2_moe": "bailing_moe_v2"}  # read with the fields of
 
 
 class CheckpointError(ValueError):
@@ -42,6 +43,7 @@ def from_hf_config(cfg: dict) -> ModelConfig:
     if arch not in SUPPORTED:
         raise CheckpointError(f"config.json: unknown architecture model_type={arch!r} "
                               f"(supported: {', '.join(SUPPORTED)})")
+    arch = _AS.get(arch, arch)
     hidden = _get(cfg, "hidden_size")
     heads = _get(cfg, "num_attention_heads")
     common = dict(
@@ -74,7 +76,7 @@ def from_hf_config(cfg: dict) -> ModelConfig:
             moe_ffn_hidden_size=_get(cfg, "moe_intermediate_size"), router_score="softmax", router_expert_bias=False,
             norm_topk_prob=bool(cfg.get("norm_topk_prob", False)),
         )
-    # bailing_moe_v2, llada2_moe
+    # bailing_moe_v2
     _require(cfg, "use_qkv_bias", False, False)
     _require(cfg, "use_bias", False, False)
     shared = int(cfg.get("num_shared_experts") or 0)
@@ -93,37 +95,54 @@ def from_hf_config(cfg: dict) -> ModelConfig:
     )
 
 
-def to_hf_config(cfg: ModelConfig) -> dict:
-    """The HF config.json of our model: Qwen3 when dense, BailingMoeV2 (the LLaDA2.0 family) when MoE
-    with a shared expert or sigmoid router, else Qwen3-MoE."""
-    common = {
+def _common(cfg: ModelConfig) -> dict:
+    return {
         "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size, "num_hidden_layers": cfg.num_layers,
         "num_attention_heads": cfg.num_heads, "num_key_value_heads": cfg.num_kv_heads, "head_dim": cfg.head_dim,
         "rms_norm_eps": cfg.norm_eps, "tie_word_embeddings": cfg.tie_embeddings, "hidden_act": "silu",
         "max_position_embeddings": cfg.max_position, "torch_dtype": "float32",
         "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rotary_base}, "rope_theta": cfg.rotary_base,
     }
-    qwen_like = cfg.qk_norm and cfg.rotary_percent == 1.0 and not cfg.qkv_bias
-    if not cfg.is_moe and cfg.qkv_bias and not cfg.qk_norm and cfg.rotary_percent == 1.0:
-        return common | {"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"],
-                         "intermediate_size": cfg.ffn_hidden_size, "use_sliding_window": False}
+
+
+def qwen_config(cfg: ModelConfig) -> dict:
+    """Qwen2 (QKV bias), Qwen3 or Qwen3-MoE; a model none of them expresses is an error naming the field."""
     if cfg.qkv_bias:
-        raise CheckpointError("qkv_bias is only exportable as a dense Qwen2 model (no qk_norm, full RoPE)")
-    if not cfg.is_moe and qwen_like:
-        return common | {"model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"],
-                         "intermediate_size": cfg.ffn_hidden_size, "attention_bias": False}
-    if cfg.is_moe and qwen_like and cfg.router_score == "softmax" and not cfg.shared_expert_ffn_hidden_size:
-        return common | {
-            "model_type": "qwen3_moe", "architectures": ["Qwen3MoeForCausalLM"],
-            "intermediate_size": cfg.ffn_hidden_size, "num_experts": cfg.num_experts,
-            "num_local_experts": cfg.num_experts, "num_experts_per_tok": cfg.moe_topk,
-            "moe_intermediate_size": cfg.moe_ffn_hidden_size, "norm_topk_prob": cfg.norm_topk_prob,
-            "mlp_only_layers": list(range(cfg.first_k_dense)), "decoder_sparse_step": 1, "attention_bias": False,
-        }
+        if cfg.is_moe or cfg.qk_norm or cfg.rotary_percent != 1.0:
+            raise CheckpointError("qkv_bias=True is only expressible as a dense Qwen2 model "
+                                  "(num_experts=0, qk_norm=False, rotary_percent=1.0)")
+        return _common(cfg) | {"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"],
+                               "intermediate_size": cfg.ffn_hidden_size, "use_sliding_window": False}
+    for field, value, want in (("qk_norm", cfg.qk_norm, True), ("rotary_percent", cfg.rotary_percent, 1.0)):
+        if value != want:
+            raise CheckpointError(f"{field}={value!r} is not expressible as Qwen3 (needs {want!r})")
+    if not cfg.is_moe:
+        return _common(cfg) | {"model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"],
+                               "intermediate_size": cfg.ffn_hidden_size, "attention_bias": False}
+    for field, value, want in (("router_score", cfg.router_score, "softmax"),
+                               ("shared_expert_ffn_hidden_size", cfg.shared_expert_ffn_hidden_size, 0),
+                               ("router_num_groups", cfg.router_num_groups, None),
+                               ("routed_scaling_factor", cfg.routed_scaling_factor, 1.0),
+                               ("router_expert_bias", cfg.router_expert_bias, False)):
+        if value != want:
+            raise CheckpointError(f"{field}={value!r} is not expressible as Qwen3-MoE (needs {want!r})")
+    return _common(cfg) | {
+        "model_type": "qwen3_moe", "architectures": ["Qwen3MoeForCausalLM"],
+        "intermediate_size": cfg.ffn_hidden_size, "num_experts": cfg.num_experts,
+        "num_local_experts": cfg.num_experts, "num_experts_per_tok": cfg.moe_topk,
+        "moe_intermediate_size": cfg.moe_ffn_hidden_size, "norm_topk_prob": cfg.norm_topk_prob,
+        "mlp_only_layers": list(range(cfg.first_k_dense)), "decoder_sparse_step": 1, "attention_bias": False,
+    }
+
+
+def ling_config(cfg: ModelConfig) -> dict:
+    """BailingMoeV2 (Ling 2.0), whose fields LLaDA2 shares."""
+    if cfg.qkv_bias:
+        raise CheckpointError("qkv_bias=True is not expressible as BailingMoeV2 / LLaDA2 (use_qkv_bias=false)")
     if cfg.is_moe and cfg.shared_expert_ffn_hidden_size % cfg.moe_ffn_hidden_size:
         raise CheckpointError("shared_expert_ffn_hidden_size must be a multiple of moe_ffn_hidden_size "
-                              "for BailingMoeV2")
-    return common | {
+                              "for BailingMoeV2 / LLaDA2 (num_shared_experts)")
+    return _common(cfg) | {
         "model_type": "bailing_moe_v2", "architectures": ["BailingMoeV2ForCausalLM"],
         "intermediate_size": cfg.ffn_hidden_size, "num_experts": cfg.num_experts, "num_experts_per_tok": cfg.moe_topk,
         "moe_intermediate_size": cfg.moe_ffn_hidden_size,
@@ -134,3 +153,11 @@ def to_hf_config(cfg: ModelConfig) -> dict:
         "norm_topk_prob": cfg.norm_topk_prob, "use_qk_norm": cfg.qk_norm, "partial_rotary_factor": cfg.rotary_percent,
         "use_qkv_bias": False, "use_bias": False,
     }
+
+
+def to_hf_config(cfg: ModelConfig) -> dict:
+    """The AR HF config.json of our model: a Qwen family where one expresses it, else BailingMoeV2."""
+    try:
+        return qwen_config(cfg)
+    except CheckpointError:
+        return ling_config(cfg)

@@ -31,7 +31,7 @@ _TOP = {"decoder.final_layernorm.weight": "model.norm.weight", "output_layer.wei
         "input_layernorm.weight": "input_layernorm.weight",
         "pre_mlp_layernorm.weight": "post_attention_layernorm.weight"}
 
-QWEN = _TOP | _mlp("shared_expert") | {  # Qwen2, Qwen3, Qwen3-MoE
+QWEN = _TOP | _mlp("shared_expert") | {  # Qwen2, Qwen3, Qwen3-MoE, SDAR
     "embedding.word_embeddings.weight": "model.embed_tokens.weight",
     "self_attention.linear_qkv.weight": ("self_attn.q_proj.weight", "self_attn.k_proj.weight",
                                          "self_attn.v_proj.weight"),
@@ -49,5 +49,5 @@ LING = _TOP | _mlp("shared_experts") | {  # BailingMoeV2 (Ling 2.0, the LLaDA2.0
     "self_attention.k_layernorm.weight": "attention.key_layernorm.weight",
 }
 
-FAMILIES: dict[str, dict] = {"qwen2": QWEN, "qwen3": QWEN, "qwen3_moe": QWEN, "bailing_moe_v2": LING,
-                             "llada2_moe": LING}
+FAMILIES: dict[str, dict] = {"qwen2": QWEN, "qwen3": QWEN, "qwen3_moe": QWEN, "sdar": QWEN, "sdar_moe": QWEN,
+                             "bailing_moe_v2": LING, "llada2_moe": LING}
