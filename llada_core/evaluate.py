@@ -78,7 +78,8 @@ def pooled(per_task: dict[str, dict], tasks=None) -> dict:
 
 @torch.no_grad()
 def task_accuracy(model, tok, tasks_jsonl: str, n: int = 100, threshold: float = 0.95, block_size: int = 32,
-                  max_new_tokens: int = 32, left_to_right: bool = False, batch: int = 64) -> dict:
+                  max_new_tokens: int = 32, left_to_right: bool = False, batch: int = 64,
+                  edit_threshold: float | None = None, edit_steps: int = 16) -> dict:
     """Exact match, TPF and decode tokens/s on the first n held-out tasks, overall and per task; the
     prompts of a task are decoded together (`generate_batch`), so tokens/s is per task as well."""
     rows = _read_jsonl(tasks_jsonl, n)
@@ -93,7 +94,8 @@ def task_accuracy(model, tok, tasks_jsonl: str, n: int = 100, threshold: float =
             t0 = time.perf_counter()
             results = generate_batch(model, prompts, mask_id=tok.id_of("mask"), eos_id=stops[1], stop_ids=stops[:1],
                                      max_new_tokens=max_new_tokens, max_len=model.cfg.max_position,
-                                     block_size=block_size, threshold=threshold, left_to_right=left_to_right)
+                                     block_size=block_size, threshold=threshold, left_to_right=left_to_right,
+                                     edit_threshold=edit_threshold, edit_steps=edit_steps)
             counts[3] += time.perf_counter() - t0
             for r, res in zip(chunk, results, strict=True):
                 answer = tok.decode([t for t in res.tokens if t not in stops])
@@ -102,8 +104,9 @@ def task_accuracy(model, tok, tasks_jsonl: str, n: int = 100, threshold: float =
                 counts[2] += res.forward_passes
         per_task[task] = _summary(*counts, len(mine))
     copy = sum(check_answer(r["prompt"], r["prompt"].split(": ", 1)[-1]) for r in rows)  # echo the input
+    editing = {"edit_threshold": edit_threshold, "edit_steps": edit_steps} if edit_threshold is not None else {}
     return pooled(per_task) | {"threshold": threshold, "left_to_right": left_to_right,
-                               "copy_baseline": copy / max(len(rows), 1), "per_task": per_task}
+                               "copy_baseline": copy / max(len(rows), 1), "per_task": per_task} | editing
 
 
 @torch.no_grad()

@@ -14,7 +14,11 @@ same forward commits to the cache; otherwise every step recomputes the whole pre
 `generate_batch` decodes many prompts in one forward per step (evaluation).
 `left_to_right=True` fills exactly one token per forward, the leftmost masked one: the AR-style
 baseline on the same model.
-TPF (tokens per forward) = generated tokens / model forward calls.
+Token editing (LLaDA2.1, `edit_threshold`): every forward also rewrites the current block's decoded
+tokens whose prediction differs with confidence > edit_threshold, and a block without [MASK] gets
+up to `edit_steps` more forwards of editing (the first that changes nothing ends it); the prompt
+and finished blocks are never edited (no multi-block editing).
+TPF (tokens per forward) = generated tokens / model forward calls, editing forwards included.
 """
 
 from __future__ import annotations
@@ -67,11 +71,19 @@ class Rule:
     temperature: float = 0.0
     generator: torch.Generator | None = None
     left_to_right: bool = False  # exactly one token per forward, the leftmost masked: the AR-style baseline
+    # token editing (LLaDA2.1): a decoded token of the current block whose prediction differs with
+    # confidence > edit_threshold is replaced; after the block has no [MASK] left, up to edit_steps
+    # more forwards edit it (stopping at the first that changes nothing). None (or > 1): no editing
+    edit_threshold: float | None = None
+    edit_steps: int = 16
+
+    @property
+    def editing(self) -> bool:
+        return self.edit_threshold is not None and self.edit_threshold <= 1.0
 
 
-def _unmask(logits, block, rule: Rule):
-    """The block after one step: every masked position whose confidence >= threshold takes its
-    prediction; if fewer than min_accept pass, the min_accept most confident do."""
+def _predict(logits, rule: Rule):
+    """(choice, its probability) per position; [MASK] is never predicted."""
     logits = logits.float()
     logits[:, rule.mask_id] = float("-inf")  # never "predict" the noise token
     t = rule.temperature
@@ -80,19 +92,32 @@ def _unmask(logits, block, rule: Rule):
         choice = torch.multinomial(probs, 1, generator=rule.generator).squeeze(-1)
     else:
         choice = probs.argmax(-1)
+    return choice, probs.gather(-1, choice[:, None]).squeeze(-1)
+
+
+def _step(logits, block, rule: Rule, unmask: bool):
+    """One forward's changes to the block. Unmask (M2T): every masked position whose confidence >=
+    threshold takes its prediction; if fewer than min_accept pass, the min_accept most confident do.
+    Edit (T2T, with editing on): a decoded token whose prediction differs with confidence >
+    edit_threshold takes it. `unmask=False`: a post-block step, edits only. Returns (block, edits)."""
+    choice, confidence = _predict(logits, rule)
     still = block == rule.mask_id
+    edits = torch.zeros_like(still)
+    if rule.editing:
+        edits = ~still & (choice != block) & (confidence > rule.edit_threshold)
+    if not unmask:
+        return torch.where(edits, choice, block), int(edits.sum())
     if rule.left_to_right:
         accept = torch.zeros_like(still)
         accept[int(still.nonzero()[0])] = True
-        return torch.where(accept, choice, block)
-    confidence = probs.gather(-1, choice[:, None]).squeeze(-1)
+        return torch.where(accept | edits, choice, block), int(edits.sum())
     confidence = torch.where(still, confidence, torch.full_like(confidence, -1.0))
     accept = still & (confidence >= rule.threshold)
     if int(accept.sum()) < rule.min_accept:
         k = min(rule.min_accept, int(still.sum()))
         accept = torch.zeros_like(still)
         accept[confidence.topk(k).indices] = True
-    return torch.where(accept, choice, block)
+    return torch.where(accept | edits, choice, block), int(edits.sum())
 
 
 def _check(start: int, max_new_tokens: int, max_len: int, block_size: int, rule: Rule) -> int:
@@ -115,8 +140,9 @@ def _check(start: int, max_new_tokens: int, max_len: int, block_size: int, rule:
 def generate(model, prompt: list[int], *, mask_id: int, eos_id: int, max_new_tokens: int, max_len: int,
              block_size: int = 32, threshold: float = 0.95, min_accept: int = 1, temperature: float = 0.0,
              stop_ids: tuple[int, ...] = (), generator: torch.Generator | None = None,
-             device: str | torch.device = "cpu", use_cache: bool = True, left_to_right: bool = False) -> DecodeResult:
-    rule = Rule(mask_id, threshold, min_accept, temperature, generator, left_to_right)
+             device: str | torch.device = "cpu", use_cache: bool = True, left_to_right: bool = False,
+             edit_threshold: float | None = None, edit_steps: int = 16) -> DecodeResult:
+    rule = Rule(mask_id, threshold, min_accept, temperature, generator, left_to_right, edit_threshold, edit_steps)
     start = len(prompt)
     end_all = _check(start, max_new_tokens, max_len, block_size, rule)
     seq = torch.full((1, end_all), mask_id, dtype=torch.long, device=device)
@@ -135,14 +161,17 @@ def _decode(model, seq, start, max_new_tokens, stops, block_size, rule: Rule, bl
         block_end = (pos // block_size + 1) * block_size
         steps = 0
         block_start = pos - pos % block_size
-        while (seq[0, pos:block_end] == mask_id).any():
+        edits_left = rule.edit_steps if rule.editing else 0
+        while True:
+            block = seq[0, pos:block_end]
+            unmask = _unmasking(block, stops, mask_id)
+            if not unmask and not edits_left:
+                break  # decoded (or a stop token with everything before it decoded: the rest is never read)
             logits, n = block_logits(model, seq, block_start, block_end, block_size, cache)
-            processed += n
-            seq[0, pos:block_end] = _unmask(logits[pos - block_start :], seq[0, pos:block_end], rule)
-            passes += 1
-            steps += 1
-            if _finished(seq[0, pos:block_end].tolist(), stops, mask_id):
-                break  # a stop token with everything before it decoded: the rest is never read
+            processed, passes, steps = processed + n, passes + 1, steps + 1
+            seq[0, pos:block_end], edited = _step(logits[pos - block_start :], block, rule, unmask)
+            if not unmask:  # a post-block editing step: the block is final once one changes nothing
+                edits_left = edits_left - 1 if edited else 0
         steps_per_block.append(steps)
         block = seq[0, pos:block_end].tolist()
         hit = next((i for i, t in enumerate(block) if t in stops), None)
@@ -161,23 +190,27 @@ class _Row:
     steps_per_block: list[int] = field(default_factory=list)
     processed: int = 0
     result: DecodeResult | None = None
+    edits_left: int = 0  # post-block editing steps the current block may still take
 
 
 @torch.no_grad()
 def generate_batch(model, prompts: list[list[int]], *, mask_id: int, eos_id: int, max_new_tokens: int, max_len: int,
                    block_size: int = 32, threshold: float = 0.95, min_accept: int = 1, stop_ids: tuple[int, ...] = (),
-                   device: str | torch.device = "cpu", left_to_right: bool = False) -> list[DecodeResult]:
+                   device: str | torch.device = "cpu", left_to_right: bool = False, edit_threshold: float | None = None,
+                   edit_steps: int = 16) -> list[DecodeResult]:
     """`generate` for many prompts, one forward per step for all unfinished ones (greedy only, so each
     prompt gets the tokens it gets alone). Each forward runs every prompt's prefix and current block
     (the recompute layout) right-padded to the longest; a prompt's positions after its current block
     are another document, so no prompt sees anything it would not see alone. A prompt that finishes
     leaves the batch; its forward count is the steps it took part in."""
-    rule = Rule(mask_id, threshold, min_accept, left_to_right=left_to_right)
+    rule = Rule(mask_id, threshold, min_accept, left_to_right=left_to_right, edit_threshold=edit_threshold,
+                edit_steps=edit_steps)
     ends = [_check(len(p), max_new_tokens, max_len, block_size, rule) for p in prompts]
     seq = torch.full((len(prompts), max(ends, default=0)), mask_id, dtype=torch.long, device=device)
     for r, p in enumerate(prompts):
         seq[r, : len(p)] = torch.tensor(p, device=device)
-    stops, rows = {eos_id, *stop_ids}, [_Row(len(p), len(p)) for p in prompts]
+    edit_steps = rule.edit_steps if rule.editing else 0
+    stops, rows = {eos_id, *stop_ids}, [_Row(len(p), len(p), edits_left=edit_steps) for p in prompts]
     where = torch.arange(seq.shape[1], device=device)
     while active := [r for r, row in enumerate(rows) if row.result is None]:
         block_ends = [(rows[r].pos // block_size + 1) * block_size for r in active]
@@ -187,11 +220,14 @@ def generate_batch(model, prompts: list[list[int]], *, mask_id: int, eos_id: int
         logits = model(seq[active, :T], where[None, :T].expand(len(active), T), allowed)
         for i, (r, end) in enumerate(zip(active, block_ends, strict=True)):
             row = rows[r]
-            seq[r, row.pos : end] = _unmask(logits[i, row.pos : end], seq[r, row.pos : end], rule)
+            unmask = _unmasking(seq[r, row.pos : end], stops, mask_id)
+            seq[r, row.pos : end], edited = _step(logits[i, row.pos : end], seq[r, row.pos : end], rule, unmask)
             row.passes, row.steps, row.processed = row.passes + 1, row.steps + 1, row.processed + T
-            block = seq[r, row.pos : end].tolist()
-            if mask_id in block and not _finished(block, stops, mask_id):
+            if not unmask:  # a post-block editing step (as in `_decode`)
+                row.edits_left = row.edits_left - 1 if edited else 0
+            if _unmasking(seq[r, row.pos : end], stops, mask_id) or row.edits_left:
                 continue
+            block = seq[r, row.pos : end].tolist()
             row.steps_per_block.append(row.steps)
             row.steps = 0
             hit = next((j for j, t in enumerate(block) if t in stops), None)
@@ -199,8 +235,13 @@ def generate_batch(model, prompts: list[list[int]], *, mask_id: int, eos_id: int
                 stop = row.pos + hit + 1 if hit is not None else row.start + max_new_tokens
                 row.result = DecodeResult(seq[r, row.start : stop].tolist(), row.passes, row.steps_per_block,
                                           row.processed)
-            row.pos = end
+            row.pos, row.edits_left = end, edit_steps
     return [row.result for row in rows]
+
+
+def _unmasking(block, stops: set[int], mask_id: int) -> bool:
+    """The block still has [MASK] to fill that will be read (none before the first stop token)."""
+    return bool((block == mask_id).any()) and not _finished(block.tolist(), stops, mask_id)
 
 
 def _finished(block: list[int], stops: set[int], mask_id: int) -> bool:

@@ -8,6 +8,9 @@
                                    ─ sft ─ cap ─ dpo (reference = cap) ─ export (HF)
   eval: ELBO perplexity of every model, task accuracy + TPF of sft/cap/dpo, preference accuracy.
 
+start_at: sft | cap | dpo starts that stage from base.hf_checkpoint, an imported diffusion model (a
+released LLaDA2.0): no CPT, no merge; the imported model is decoded in the eval as the "before".
+
 One RecipeConfig (llada_recipe/recipes/*.yaml) -> nodes; the CPT phases are slices of one WSD
 schedule's token axis, each phase a node that continues from the previous phase's checkpoint.
 """
@@ -31,6 +34,7 @@ from stages.prepare_data import PretrainDataSettings
 from stages.prepare_instruct import InstructDataSettings
 
 S = "stages.llada:"
+FINETUNE = ("sft", "cap", "dpo")
 
 
 def _dump(model) -> dict:
@@ -73,6 +77,8 @@ def _settings(section, base: type) -> dict:
 def _stage(cfg: RecipeConfig, name: str, section: TrainingSettings, **wiring) -> TrainingConfig:
     if hasattr(section, "objective"):
         wiring.setdefault("objective", section.objective.model_dump(mode="json"))
+        if cfg.token_editing and "edit" in wiring["objective"]:  # CPT, SFT, CAP: the T2T stream on
+            wiring["objective"] = wiring["objective"] | {"edit": _dump(cfg.token_editing)}
     try:
         return TrainingConfig(name=name, layout=cfg.parallel, seed=cfg.seed, **_settings(section, TrainingSettings),
                               **wiring)
@@ -105,7 +111,7 @@ def build_nodes(cfg: RecipeConfig) -> list[Node]:
             **_settings(ins, InstructDataSettings)}))
 
     if hf:
-        nodes.append(Node("base", S + "import_hf", {"hf_dir": hf, "out": "${out}",
+        nodes.append(Node("base", S + "import_hf", {"hf_dir": hf, "out": "${out}", "export_format": cfg.export.format,
                                                     "add_mask_token": cfg.data.tokenizer.add_mask_token}))
     else:  # block size 1 is AR: the base is an AR model of the same architecture
         t = cfg.training
@@ -115,7 +121,7 @@ def build_nodes(cfg: RecipeConfig) -> list[Node]:
 
     previous, init = "${base.checkpoint}", {"init_checkpoint": "${base.checkpoint}"}
     per_step = tokens_per_step(cfg)
-    for phase, start, end in cpt_phases(cfg):
+    for phase, start, end in cpt_phases(cfg) if cfg.start_at == "cpt" else ():
         name = f"cpt_{phase}"
         decay = phase == "decay"
         stage = _stage(cfg, name, cfg.cpt, data=pretrain, schedule=cfg.schedule, schedule_offset_tokens=start,
@@ -130,27 +136,39 @@ def build_nodes(cfg: RecipeConfig) -> list[Node]:
         previous = f"${{{name}.checkpoint}}"
         # the phases are one trajectory: the next continues this one's weights, Adam moments and data
         init = {"init_state": f"${{{name}.state}}"} if cfg.cpt.carry_state else {"init_checkpoint": previous}
-    models = {"base": "${base.checkpoint}"} | {f"cpt_{p}": f"${{cpt_{p}.checkpoint}}" for p, _, _ in cpt_phases(cfg)}
+    models = {"base": "${base.checkpoint}"}
+    models |= {f"cpt_{p}": f"${{cpt_{p}.checkpoint}}" for p, _, _ in cpt_phases(cfg) if cfg.start_at == "cpt"}
     if "cpt_decay" in models:
         nodes.append(Node("merge", S + "merge", {"candidates": "${cpt_decay.candidates}", "dataset": pretrain,
                                                  "out": "${out}", **_dump(cfg.merge)}))
         previous = models["merged"] = "${merge.checkpoint}"
 
     sft_data, dpo_data = "${prepare_sft.dataset}", "${prepare_dpo.dataset}"
-    cap_init = {"init_state": "${sft.state}"} if cfg.cap.carry_state else {"init_checkpoint": "${sft.checkpoint}"}
-    for name, data, wiring in (("sft", sft_data, {"init_checkpoint": previous}), ("cap", sft_data, cap_init),
-                               ("dpo", dpo_data, {"init_checkpoint": "${cap.checkpoint}",
-                                                  "reference_checkpoint": "${cap.checkpoint}"})):
+    finetune = FINETUNE[FINETUNE.index(cfg.start_at):] if cfg.start_at != "cpt" else FINETUNE
+    for name in finetune:  # each from the one before (the first from `previous`); DPO's reference = its init
+        init = {"init_checkpoint": previous}
+        if name == "cap" and cfg.cap.carry_state and "sft" in finetune:
+            init = {"init_state": "${sft.state}"}
+        if name == "dpo":
+            init["reference_checkpoint"] = previous
         section = getattr(cfg, name)
-        nodes.append(_train_node(cfg, name, _stage(cfg, name, section, data=data, steps=section.steps, **wiring)))
-    models |= {k: f"${{{k}.checkpoint}}" for k in ("sft", "cap", "dpo")}
+        data = dpo_data if name == "dpo" else sft_data
+        nodes.append(_train_node(cfg, name, _stage(cfg, name, section, data=data, steps=section.steps, **init)))
+        previous = models[name] = f"${{{name}.checkpoint}}"
     tasks = "${make_tasks.tasks}" if not (ins.sft_input and ins.dpo_input) else None
+    # an imported diffusion model (start_at) is decoded too: the "before" of its fine-tuning
+    decoded = ["base"] * (cfg.start_at != "cpt") + [m for m in ("merged", *FINETUNE) if m in models]
     nodes.append(Node("eval", S + "evaluate", {
         "models": models, "pretrain": pretrain, "tasks": tasks or "", "dpo": dpo_data, "out": "${out}",
         **_dump(cfg.eval), "pairs": cfg.dpo.objective.model_dump(mode="json", include=set(ResponseConfig.model_fields)),
-        "decode_models": [m for m in ("merged", "sft", "cap", "dpo") if m in models] if tasks else [],
-        "sweep_models": ["sft", "cap", "dpo"] if tasks else []}))
-    nodes.append(Node("export", S + "export_hf", {"checkpoint": "${dpo.checkpoint}", "out": "${out}"}))
+        "edit_modes": _dump(cfg.eval)["edit_modes"] if cfg.token_editing else {},
+        "decode_models": decoded if tasks else [],
+        "sweep_models": list(finetune) if tasks else []}))
+    nodes.append(Node("export", S + "export_hf", {
+        "checkpoint": previous, "out": "${out}", "format": cfg.export.format,
+        "decoding": {"block_length": cfg.eval.block_size, "threshold": cfg.eval.threshold}
+        | ({"edit_modes": _dump(cfg.eval)["edit_modes"]} if cfg.token_editing else {})},
+        registered_model=cfg.export.registered_model or f"llada-{cfg.name}"))
     return _with_memory(nodes, recipe_memory(cfg))
 
 

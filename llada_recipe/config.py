@@ -10,12 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from llada_core.config import StrictModel, load_config, named_yaml
+from llada_core.model.hf_formats import get_format
 from llada_core.objectives.block_diffusion import CPTConfig
 from llada_core.objectives.cap import CAPConfig
 from llada_core.objectives.dpo import DPOConfig
+from llada_core.objectives.editing import EditConfig
 from llada_core.objectives.sft import SFTConfig
 from llada_core.parallel.layout import ParallelLayout
 from llada_core.schedule import WSDConfig
@@ -45,7 +47,8 @@ class Training(LaunchConfig):
 
 
 class Base(TrainingSettings):
-    hf_checkpoint: str | None = None  # an AR HF checkpoint dir to import; None = AR-pretrain the preset
+    # an HF checkpoint dir to import (an AR model, or with start_at a diffusion one); None = AR-pretrain the preset
+    hf_checkpoint: str | None = None
     steps: int = Field(100, ge=1)
 
 
@@ -77,6 +80,22 @@ class DPOStage(Finetune):
     objective: DPOConfig = DPOConfig()
 
 
+class Export(StrictModel):
+    """The final model's serving format (llada_core.model.hf_formats; None: the AR layout of the
+    model's family); its generation config gets the eval's decoding block and threshold. Each run's
+    export is a new version of `registered_model` in the MLflow Model Registry."""
+
+    format: str | None = None
+    registered_model: str | None = None  # None: "llada-<recipe name>"
+
+    @field_validator("format")
+    @classmethod
+    def _known(cls, value):
+        if value is not None:
+            get_format(value)  # an unknown name fails at load, naming the choices
+        return value
+
+
 class Hardware(StrictModel):
     """What one machine of the cluster holds; `llada plan` refuses a recipe that does not fit it (unset:
     not checked). Ray places each node's task by the memory the recipe requests for it."""
@@ -95,6 +114,9 @@ class RecipeConfig(StrictModel):
     experiment: str | None = None
     ray: Literal["auto", "cluster"] = "auto"  # cluster: never start a local Ray (implied by training.use_gpu)
     seed: int = 0
+    # where training starts: "cpt" converts base (AR) into a diffusion LM; "sft" / "cap" / "dpo" start that
+    # stage from base.hf_checkpoint, an imported diffusion model (e.g. a released LLaDA2.0), with no CPT
+    start_at: Literal["cpt", "sft", "cap", "dpo"] = "cpt"
     seq_len: int = Field(ge=2)
     num_workers: int = Field(2, ge=1)  # Ray Data tokenizer actors
     data: PretrainData = PretrainData()
@@ -109,6 +131,10 @@ class RecipeConfig(StrictModel):
     cap: CAPStage = CAPStage(steps=50)
     dpo: DPOStage = DPOStage(steps=50)
     eval: EvalSettings = EvalSettings()
+    # token editing (LLaDA2.1): null = off; set (e.g. {ratio: 0.1}) = the T2T stream in every CPT phase,
+    # SFT and CAP (llada_core/objectives/editing.py), and the eval also decodes in eval.edit_modes
+    token_editing: EditConfig | None = None
+    export: Export = Export()
     hardware: Hardware = Hardware()
 
     @property
@@ -125,6 +151,21 @@ class RecipeConfig(StrictModel):
                                  f"seq_len={values.get('seq_len')}")
             values = dict(values, schedule=dict(schedule, seq_len=values.get("seq_len")))
         return values
+
+    @model_validator(mode="after")
+    def _one_editing_switch(self):
+        set_here = [n for n in ("cpt", "sft", "cap") if getattr(self, n).objective.edit != EditConfig()]
+        if set_here:
+            raise ValueError(f"{set_here[0]}.objective.edit: token editing is one switch for the whole recipe: "
+                             "set token_editing instead")
+        return self
+
+    @model_validator(mode="after")
+    def _start_from_a_checkpoint(self):
+        if self.start_at != "cpt" and not self.base.hf_checkpoint:
+            raise ValueError(f"start_at={self.start_at!r} starts from an imported diffusion model: "
+                             "set base.hf_checkpoint")
+        return self
 
 
 def recipe_path(name_or_path: str) -> Path:

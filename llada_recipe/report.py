@@ -90,6 +90,32 @@ def claims(results: dict) -> list[dict]:
     return out
 
 
+def editing_claims(results: dict, baseline: dict | None) -> list[dict]:
+    """Token editing's goals (the issue "Beyond LLaDA2.0: token editing"): the editing-trained model in
+    speed and quality modes against the non-editing model of the same budget (`baseline`: that run's
+    eval results) decoded at the recipe's threshold; without a baseline run, against this model's own
+    decoding without editing, and the claim says so."""
+    label = next((m for m in ("cap", "sft") if "edit_speed" in results.get(m, {})), None)
+    if label is None:
+        return []
+    mine = results[label]
+    ref = (baseline or {}).get(label, {}).get("tasks")
+    against = f"the non-editing {label.upper()} of the same budget" if ref else f"this {label.upper()} without editing"
+    ref = ref or mine["tasks"]
+    speed, quality = mine["edit_speed"], mine.get("edit_quality")
+    out = [{"claim": f"Token editing, speed mode: TPF >= 1.5x {against} at threshold {ref['threshold']:g}, "
+                     "accuracy within 2 points",
+            "numbers": f"TPF {ref['tpf']:.2f} -> {speed['tpf']:.2f} ({speed['tpf'] / max(ref['tpf'], 1e-9):.2f}x), "
+                       f"accuracy {ref['accuracy']:.3f} -> {speed['accuracy']:.3f}",
+            "shown": speed["tpf"] >= 1.5 * ref["tpf"] and speed["accuracy"] >= ref["accuracy"] - 0.02}]
+    if quality:
+        out.append({"claim": f"Token editing, quality mode: accuracy >= {against} at no lower TPF",
+                    "numbers": f"accuracy {ref['accuracy']:.3f} -> {quality['accuracy']:.3f}, "
+                               f"TPF {ref['tpf']:.2f} -> {quality['tpf']:.2f}",
+                    "shown": quality["accuracy"] >= ref["accuracy"] and quality["tpf"] >= ref["tpf"]})
+    return out
+
+
 def _plot_cpt(data: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(9, 4))
     ax2 = ax.twinx()
@@ -136,19 +162,25 @@ def _plot_post(data: dict, path: Path) -> None:
             a2.annotate(f"{t:g}", (p["tpf"], p["accuracy"]), fontsize=7)
         if "one_token" in r:  # the same model, one token per forward: the AR-style point
             a2.plot([r["one_token"]["tpf"]], [r["one_token"]["accuracy"]], "s", color=line.get_color())
+        for mode in ("edit_speed", "edit_quality"):  # token editing's decoder modes
+            if mode in r:
+                a2.plot([r[mode]["tpf"]], [r[mode]["accuracy"]], "^", color=line.get_color())
+                a2.annotate(mode.removeprefix("edit_"), (r[mode]["tpf"], r[mode]["accuracy"]), fontsize=7)
     a2.set_xlabel("TPF (tokens per forward pass)")
     a2.set_ylabel("exact-match accuracy")
-    a2.set_title("threshold sweep (squares: one token per forward)")
+    a2.set_title("threshold sweep (squares: one token per forward; triangles: token editing)")
     a2.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def write_report(store: RunStore, run_id: str, out_dir: str | Path) -> dict:
-    """The report into `out_dir` (local or s3://), also logged to the run's MLflow parent."""
+def write_report(store: RunStore, run_id: str, out_dir: str | Path, baseline_run: str | None = None) -> dict:
+    """The report into `out_dir` (local or s3://), also logged to the run's MLflow parent.
+    `baseline_run`: a run of the same budget without token editing, for the editing claims."""
     data = collect(store, run_id)
-    found = claims(data["eval"])
+    baseline = collect(store, baseline_run)["eval"] if baseline_run else None
+    found = claims(data["eval"]) + editing_claims(data["eval"], baseline)
     doc = lineage(store, run_id)
     with storage.output_dir(str(out_dir)) as out:
         (out / "lineage.txt").write_text(format_lineage(doc) + "\n", encoding="utf-8")
@@ -189,6 +221,15 @@ def _write_files(run_id: str, data: dict, found: list[dict], out: Path) -> None:
             kind = "independent" if task in INDEPENDENT else "dependent"
             lines.append(f"| {label} | {task} | {kind} | {t['accuracy']:.3f} | {t['tpf']:.2f} | "
                          f"{t['tokens_per_s']:.0f} | {o.get('accuracy', nan):.3f} | {o.get('tokens_per_s', nan):.0f} |")
+    edits = [(label, mode, r[mode]) for label, r in data["eval"].items() for mode in ("edit_speed", "edit_quality")
+             if mode in r]
+    if edits:
+        lines += ["", "## Token editing (decoder modes; the same held-out tasks)", "",
+                  "| model | mode | threshold / edit threshold / post-block steps | accuracy | TPF | tok/s |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {label} | {mode.removeprefix('edit_')} | {t['threshold']:g} / {t['edit_threshold']:g} / "
+                  f"{t['edit_steps']} | {t['accuracy']:.3f} | {t['tpf']:.2f} | {t['tokens_per_s']:.0f} |"
+                  for label, mode, t in edits]
     lines += ["", "## Nodes (wall time; loop = time inside training steps; the rest is Ray / worker-group / "
               "checkpoint overhead)",
               "", "| node | state | seconds | loop s | overhead s | peak RSS MB |", "|---|---|---|---|---|---|"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from pipelines.run_store import RunStore
 
@@ -48,10 +49,13 @@ def add_commands(top, parser_with_examples) -> None:
 
     p = parser_with_examples(top, "lineage", "what produced a run's final artifacts, or a given artifact", [
         "llada lineage RUN_ID", "llada lineage work/artifacts/RUN_ID/export/hf --sources",
+        "llada lineage models:/llada-tiny-cpu/1 --tracking-uri sqlite:///work/mlflow.db",
         "llada lineage RUN_ID --format mermaid > lineage.mmd", "llada lineage RUN_ID --format dot | dot -Tpng -o l.png",
     ])
-    p.add_argument("target", help="a run id, or an artifact URI written by a node")
-    p.add_argument("--store", help=store_help)
+    p.add_argument("target", help="a run id, an artifact URI written by a node, or a registered model version "
+                                  "models:/NAME/VERSION")
+    p.add_argument("--store", help=store_help + " (models:/...: the one its version names)")
+    p.add_argument("--tracking-uri", help="MLflow for models:/... (default: $MLFLOW_TRACKING_URI)")
     p.add_argument("--json", action="store_true", help="everything recorded, every source file included")
     p.add_argument("--sources", action="store_true", help="list each dataset's source files")
     p.add_argument("--format", choices=("text", "mermaid", "dot"), default="text", help="mermaid / dot: the graph")
@@ -155,8 +159,18 @@ def _cmd_plan(args) -> int:
 def _cmd_lineage(args) -> int:
     from pipelines.lineage import find_artifact, format_lineage, lineage, to_graph
 
+    if args.target.startswith("models:/"):
+        from pipelines.models import resolve
+
+        tracking = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        if not tracking:
+            raise KeyError(f"{args.target}: give --tracking-uri (or set MLFLOW_TRACKING_URI) to look it up")
+        root, run_id, node = resolve(args.target, tracking)
+        args.store = args.store or root
     store = _store(args)
-    if store.run_exists(args.target):
+    if args.target.startswith("models:/"):
+        doc = lineage(store, run_id, node)
+    elif store.run_exists(args.target):
         doc = lineage(store, args.target)
     else:
         run_id, node = find_artifact(store, args.target)

@@ -44,6 +44,7 @@ class Stage:
     # checks a config against inputs that already exist (e.g. a dataset's manifest); the engine calls
     # it before any node runs, for each node that reads no upstream output
     check: Callable[[BaseModel], None] | None = None
+    models: tuple[str, ...] = ()  # outputs that are models: each an MLflow logged model (pipelines.models)
 
 
 @dataclass
@@ -55,6 +56,7 @@ class Node:
     # Ray resources of the node's own task (num_cpus, num_gpus, memory in bytes), over the stage's
     # defaults; not part of the cache key (where a node runs does not change what it computes)
     resources: dict[str, float] = field(default_factory=dict)
+    registered_model: str | None = None  # a Model Registry name: each run's model output becomes a version of it
 
     def refs(self) -> list[tuple[str, str]]:
         return sorted({(m.group(1), m.group(2)) for v in _strings(self.config) if (m := REF.match(v))})
@@ -116,6 +118,9 @@ def validate(nodes: list[Node], missing_paths_ok: bool = False) -> list[Node]:
             stage = load_stage(node.stage)
         except DagError as exc:
             raise DagError(f"node {node.name!r}: {exc}") from None
+        if node.registered_model and len(stage.models) != 1:
+            raise DagError(f"node {node.name!r}: registered_model={node.registered_model!r} needs a stage with one "
+                           f"model output (its stage has {list(stage.models)})")
         for up, output in node.refs():
             if up not in by_name:
                 raise DagError(f"node {node.name!r}: references ${{{up}.{output}}} but the recipe has no node {up!r}")
@@ -182,12 +187,13 @@ def cache_key(node: Node, stage: Stage, input_digests: dict[str, str]) -> str:
 
 def to_json(nodes: list[Node]) -> list[dict]:
     return [{"name": n.name, "stage": n.stage, "config": n.config, "after": n.after}
-            | ({"resources": n.resources} if n.resources else {}) for n in nodes]
+            | ({"resources": n.resources} if n.resources else {})
+            | ({"registered_model": n.registered_model} if n.registered_model else {}) for n in nodes]
 
 
 def from_json(rows: list[dict]) -> list[Node]:
-    return [Node(r["name"], r["stage"], r["config"], list(r.get("after", [])), dict(r.get("resources", {})))
-            for r in rows]
+    return [Node(r["name"], r["stage"], r["config"], list(r.get("after", [])), dict(r.get("resources", {})),
+                 r.get("registered_model")) for r in rows]
 
 
 def task_options(node: Node, stage: Stage) -> dict:

@@ -21,77 +21,14 @@ import ray
 from llada_core import storage
 from llada_core.cluster import ClusterError, alive_nodes, check_placeable, ensure_ray
 from llada_core.version import code_version
-from pipelines import dag
+from pipelines import dag, models
+from pipelines.context import NodeContext
 from pipelines.errors import summary
 from pipelines.progress import Progress
 from pipelines.run_store import DONE, RunStore, artifact_digest, now, outputs_intact
 from pipelines.tracking import Tracker, flatten, redact
 
 MLFLOW_COPY_MAX_BYTES = 64 << 20  # node outputs up to this size are copied into MLflow as artifacts
-
-
-@dataclass
-class NodeContext:
-    """What a stage function gets besides its config."""
-
-    run_id: str
-    node: str
-    cache_key: str
-    out_dir: str  # this node's output directory (local path or s3:// URI)
-    train_storage: str  # Ray Train storage_path for training nodes (in the run store)
-    tracking_uri: str
-    mlflow_run: str
-    parent_run: str | None = None  # the pipeline run's MLflow run
-    info: dict = field(default_factory=dict)  # stage facts kept on the node record (e.g. first step)
-    progress_queue: object = None  # to the driver's console (pipelines.progress)
-    _client: object = None
-    _last_step: int | None = None
-    _last_progress: float = float("-inf")
-
-    def report_progress(self, step: int, total: int, **values) -> None:
-        """step / total (and loss, tokens_per_s) for the driver's console, at most every 2 s."""
-        now = time.monotonic()
-        if self.progress_queue is None or (now - self._last_progress < 2.0 and step < total):
-            return
-        self._last_progress = now
-        self.progress_queue.put((self.node, step, total, values))
-
-    def _tracker(self):
-        if self._client is None:
-            from mlflow import MlflowClient
-            self._client = MlflowClient(self.tracking_uri)
-        return self._client
-
-    def log_metrics(self, step: int, metrics: dict) -> None:
-        """Per-step metrics into the node's MLflow run. Steps already logged by an interrupted
-        attempt (redone after restoring an older checkpoint) are skipped: no duplicates, no gap."""
-        from pipelines.tracking import metric_name
-
-        if self._last_step is None:
-            history = self._tracker().get_metric_history(self.mlflow_run, "loss")
-            self._last_step = max((m.step for m in history), default=0)
-        if step <= self._last_step:
-            return
-        from mlflow.entities import Metric
-
-        ts = int(time.time() * 1000)
-        items = [Metric(metric_name(k), float(v), ts, step) for k, v in metrics.items()
-                 if isinstance(v, int | float) and not isinstance(v, bool)]
-        self._tracker().log_batch(self.mlflow_run, metrics=items)
-        self._last_step = step
-
-    def log_summary(self, metrics: dict[str, float]) -> None:
-        """Metrics that summarize the whole pipeline run (e.g. each model's eval results), on its
-        parent MLflow run: the experiment's runs table and compare view show them side by side."""
-        from mlflow.entities import Metric
-
-        from pipelines.tracking import metric_name
-
-        ts = int(time.time() * 1000)
-        items = [Metric(metric_name(k), float(v), ts, 0) for k, v in metrics.items()]
-        if self.parent_run and items:
-            self._tracker().log_batch(self.parent_run, metrics=items)
-
 
 
 def _execute_node(stage_path: str, config: dict, ctx: NodeContext) -> dict:
@@ -215,7 +152,7 @@ class Executor:
                 "stage": node.stage}
         if hit:
             rec |= {"state": "SKIPPED-CACHED", "outputs": hit["outputs"], "cached_from": hit["source"],
-                    "ended": now(), "_settled": "done", "error": None}
+                    "models": hit.get("models", {}), "ended": now(), "_settled": "done", "error": None}
             self.store.write_node(self.run_id, _public(rec))
             self.tracker.set_tags(mlflow_run, {"llada.state": "SKIPPED-CACHED",
                                                "llada.cached_from": str(hit["source"])})
@@ -237,9 +174,15 @@ class Executor:
         self.store.write_node(self.run_id, _public(rec))
         self.tracker.set_tags(mlflow_run, {"llada.state": "RUNNING", "llada.attempts": str(attempts)})
         self.say(f"[{node.name}] running (attempt {attempts})")
+        rec["models"] = models.start(self.tracker, node.name, stage.models, mlflow_run, flatten(node.config),
+                                     {"llada.run_id": self.run_id, "llada.node": node.name, "llada.cache_key": key})
+        self.store.write_node(self.run_id, _public(rec))
+        inputs = {uris[f"${{{up}.{output}}}"]: {"name": f"{up}.{output}", "digest": digests[f"{up}.{output}"],
+                                                 "model_id": records[up].get("models", {}).get(output)}
+                  for up, output in node.refs()}
         ctx = NodeContext(self.run_id, node.name, key, out_dir, self.store.train_storage(self.run_id),
                           self.tracker.tracking_uri, mlflow_run, parent_run=self.run_doc["mlflow_parent_run"],
-                          progress_queue=self.queue)
+                          progress_queue=self.queue, inputs=inputs)
         task = ray.remote(_execute_node).options(**dag.task_options(node, stage), max_retries=0,
                                                  name=f"llada:{node.name}")
         rec["_t0"] = time.time()
@@ -255,6 +198,7 @@ class Executor:
                     "traceback": redact("".join(traceback.format_exception(exc)))[-20000:]}
             self.store.write_node(self.run_id, _public(rec))
             self.tracker.set_tags(rec["mlflow_run_id"], {"llada.state": "FAILED", "llada.error": rec["error"][:500]})
+            models.finish(self.tracker, rec.get("models", {}), rec["mlflow_run_id"], None)
             self.tracker.end(rec["mlflow_run_id"], "FAILED")
             self.say(f"[{node.name}] FAILED after {seconds}s: {rec['error'].splitlines()[0][:300]}")
             return
@@ -266,11 +210,25 @@ class Executor:
         rec |= {"state": "SUCCEEDED", "ended": now(), "seconds": seconds, "outputs": result["outputs"],
                 "info": result["info"], "_settled": "done"}
         self.store.write_node(self.run_id, _public(rec))
-        self.store.cache_put(rec["cache_key"], {"outputs": result["outputs"],
+        self.store.cache_put(rec["cache_key"], {"outputs": result["outputs"], "models": rec.get("models", {}),
                                                 "source": {"run_id": self.run_id, "node": node.name},
                                                 "created": now()})
+        models.finish(self.tracker, rec.get("models", {}), rec["mlflow_run_id"], result["outputs"])
+        if node.registered_model:
+            self._register(node, rec)
         self.tracker.end(rec["mlflow_run_id"], "FINISHED")
         self.say(f"[{node.name}] succeeded in {seconds}s")
+
+
+    def _register(self, node: dag.Node, rec: dict) -> None:
+        from pipelines.lineage import lineage
+
+        tags = models.lineage_tags(lineage(self.store, self.run_id, node.name), self.store.root, self.run_id, node.name)
+        (model_id,) = rec["models"].values()
+        version = models.register(self.tracker, node.registered_model, model_id, rec["mlflow_run_id"], tags)
+        uri = f"models:/{node.registered_model}/{version}"
+        self.tracker.set_tags(rec["mlflow_run_id"], {"llada.registered_model": uri})
+        self.say(f"[{node.name}] registered as {uri}")
 
 
 def _check_tracking_reachable(tracking_uri: str) -> None:

@@ -31,6 +31,7 @@ class NodeSpec(StrictModel):
     config: dict[str, Any] = {}
     after: list[str] = []
     resources: dict[str, float] = {}  # Ray task options: num_cpus, num_gpus, memory (bytes)
+    registered_model: str | None = None  # Model Registry name for the node's model output
 
 
 class GraphRecipe(StrictModel):
@@ -67,7 +68,8 @@ def settings(cfg) -> dict:
 def load_graph(path: str, overrides: list[str] = ()) -> tuple[GraphRecipe, list[dag.Node]]:
     """A YAML that lists its `nodes:` (validated: a bad recipe fails here, before anything runs)."""
     cfg = load_config(GraphRecipe, path, overrides=overrides)
-    return cfg, dag.validate([dag.Node(n.name, n.stage, n.config, list(n.after), dict(n.resources)) for n in cfg.nodes])
+    return cfg, dag.validate([dag.Node(n.name, n.stage, n.config, list(n.after), dict(n.resources), n.registered_model)
+                       for n in cfg.nodes])
 
 
 def is_graph(path: str | Path) -> bool:

@@ -122,6 +122,14 @@ def _merge(cfg: MergeConfig, ctx) -> dict:
     return {"checkpoint": out}
 
 
+class EditMode(StrictModel):
+    """A token-editing decoder setting (llada_core.sampler, LLaDA2.1's S / Q modes)."""
+
+    threshold: float = Field(ge=0, le=1)  # tau_mask
+    edit_threshold: float = Field(0.9, ge=0)  # tau_edit
+    edit_steps: int = Field(16, ge=0)  # post-block editing steps
+
+
 class EvalSettings(StrictModel):
     """What a recipe's `eval:` section sets."""
 
@@ -130,6 +138,10 @@ class EvalSettings(StrictModel):
     sweep: list[float] = [0.5, 0.7, 0.9, 0.95]
     block_size: int = Field(32, ge=1)
     max_rows: int = Field(32, ge=1)
+    # decoded when the recipe trains with token editing: speed = low tau_mask (editing repairs the
+    # rash tokens), quality = conservative (editing only polishes). CHOICE: 0.5 / 0.8, tau_edit 0.9, 16
+    # post-block steps (LLaDA2.1's public generate() defaults for the editing part)
+    edit_modes: dict[str, EditMode] = {"speed": EditMode(threshold=0.5), "quality": EditMode(threshold=0.8)}
 
 
 class EvalConfig(EvalSettings):
@@ -145,18 +157,28 @@ class EvalConfig(EvalSettings):
     out: str
 
 
-def summary_metrics(label: str, r: dict) -> dict[str, float]:
-    """One model's eval results as flat metrics, named alike in every run of every recipe."""
-    flat = {f"{label}.elbo_ppl": r["elbo_ppl"]}
+def model_metrics(r: dict) -> dict[str, dict[str, float]]:
+    """One model's eval results as flat metrics, named alike in every run of every recipe, by the
+    EvalConfig field naming the dataset they were measured on."""
+    out, tasks = {"pretrain": {"elbo_ppl": r["elbo_ppl"]}}, {}
     if "tasks" in r:
-        flat |= {f"{label}.task_accuracy": r["tasks"]["accuracy"], f"{label}.tpf": r["tasks"]["tpf"],
-                 f"{label}.decode_tokens_per_s": r["tasks"]["tokens_per_s"]}
+        tasks |= {"task_accuracy": r["tasks"]["accuracy"], "tpf": r["tasks"]["tpf"],
+                  "decode_tokens_per_s": r["tasks"]["tokens_per_s"]}
     if "one_token" in r:
-        flat |= {f"{label}.one_token.task_accuracy": r["one_token"]["accuracy"],
-                 f"{label}.one_token.decode_tokens_per_s": r["one_token"]["tokens_per_s"]}
+        tasks |= {"one_token.task_accuracy": r["one_token"]["accuracy"],
+                  "one_token.decode_tokens_per_s": r["one_token"]["tokens_per_s"]}
+    for key in (k for k in r if k.startswith("edit_")):
+        tasks |= {f"{key}.task_accuracy": r[key]["accuracy"], f"{key}.tpf": r[key]["tpf"],
+                  f"{key}.decode_tokens_per_s": r[key]["tokens_per_s"]}
+    if tasks:
+        out["tasks"] = tasks
     if "preference_accuracy" in r:
-        flat[f"{label}.preference_accuracy"] = r["preference_accuracy"]
-    return flat
+        out["dpo"] = {"preference_accuracy": r["preference_accuracy"]}
+    return out
+
+
+def summary_metrics(label: str, r: dict) -> dict[str, float]:
+    return {f"{label}.{k}": v for group in model_metrics(r).values() for k, v in group.items()}
 
 
 def _eval(cfg: EvalConfig, ctx) -> dict:
@@ -171,6 +193,9 @@ def _eval(cfg: EvalConfig, ctx) -> dict:
             r["tasks"] = task_accuracy(model, tok, tasks, cfg.n_tasks, cfg.threshold, cfg.block_size)
             r["one_token"] = task_accuracy(model, tok, tasks, cfg.n_tasks, cfg.threshold, cfg.block_size,
                                            left_to_right=True)
+            for mode, m in cfg.edit_modes.items():
+                r[f"edit_{mode}"] = task_accuracy(model, tok, tasks, cfg.n_tasks, m.threshold, cfg.block_size,
+                                                  edit_threshold=m.edit_threshold, edit_steps=m.edit_steps)
         if label in cfg.sweep_models:
             r["sweep"] = {str(t): task_accuracy(model, tok, tasks, cfg.n_tasks, t, cfg.block_size) for t in cfg.sweep}
         if label in cfg.preference_models:
@@ -178,6 +203,8 @@ def _eval(cfg: EvalConfig, ctx) -> dict:
         results[label] = r
         del model, tok  # one model in memory at a time (llada_recipe.memory)
         ctx.log_metrics(i + 1, summary_metrics(label, r))
+        for dataset, metrics in model_metrics(r).items():  # on the model's MLflow logged model too
+            ctx.log_model_metrics(path, metrics, getattr(cfg, dataset))
     ctx.log_summary({k: v for label, r in results.items() for k, v in summary_metrics(label, r).items()})
     out = storage.join(cfg.out, "eval.json")
     storage.write_bytes(*storage.resolve(out), json.dumps(results, indent=2).encode())
@@ -187,6 +214,8 @@ def _eval(cfg: EvalConfig, ctx) -> dict:
 class ExportConfig(StrictModel):
     checkpoint: str
     out: str
+    format: str | None = None  # llada_core.model.hf_formats; None: the AR layout of the model's family
+    decoding: dict = {}  # a diffusion format's generation config: block_length, threshold
 
 
 def _export_hf(cfg: ExportConfig, ctx) -> dict:
@@ -194,7 +223,7 @@ def _export_hf(cfg: ExportConfig, ctx) -> dict:
 
     hf = storage.join(cfg.out, "hf")
     storage.delete(hf)
-    export_hf(cfg.checkpoint, hf)
+    export_hf(cfg.checkpoint, hf, cfg.format, cfg.decoding)
     return {"hf": hf}
 
 
@@ -202,6 +231,7 @@ class ImportConfig(StrictModel):
     hf_dir: str
     out: str
     add_mask_token: str | None = None
+    export_format: str | None = None  # the recipe's: its [MASK] id is checked here, before any training
 
 
 def _import_hf(cfg: ImportConfig, ctx) -> dict:
@@ -209,7 +239,7 @@ def _import_hf(cfg: ImportConfig, ctx) -> dict:
 
     out = storage.join(cfg.out, "checkpoint")
     storage.delete(out)
-    import_hf(cfg.hf_dir, out, add_mask_token=cfg.add_mask_token)
+    import_hf(cfg.hf_dir, out, add_mask_token=cfg.add_mask_token, export_format=cfg.export_format)
     return {"checkpoint": out}
 
 
@@ -218,10 +248,12 @@ prepare_pretrain = Stage(_prepare_pretrain, prepare_data.PrepareDataConfig, outp
 prepare_instruct_data = Stage(_prepare_instruct, prepare_instruct.PrepareInstructConfig, outputs=("dataset",))
 # checkpoint: consolidated weights (eval, merge, export, a next stage's init_checkpoint); state: the
 # sharded training checkpoint with the optimizer (a next node's init_state)
-train = Stage(_train, TrainNodeConfig, outputs=("checkpoint", "state"), check=_check_train, version="2")
+train = Stage(_train, TrainNodeConfig, outputs=("checkpoint", "state"), check=_check_train, version="2",
+              models=("checkpoint",))
 train_with_candidates = Stage(lambda cfg, ctx: _train(cfg, ctx, candidates=True), TrainNodeConfig,
-                              outputs=("checkpoint", "state", "candidates"), check=_check_train, version="2")
-merge = Stage(_merge, MergeConfig, outputs=("checkpoint",), num_cpus=1)
+                              outputs=("checkpoint", "state", "candidates"), check=_check_train, version="2",
+                              models=("checkpoint",))
+merge = Stage(_merge, MergeConfig, outputs=("checkpoint",), num_cpus=1, models=("checkpoint",))
 evaluate = Stage(_eval, EvalConfig, outputs=("results",), num_cpus=1)
-export_hf = Stage(_export_hf, ExportConfig, outputs=("hf",), num_cpus=1)
-import_hf = Stage(_import_hf, ImportConfig, outputs=("checkpoint",), num_cpus=1)
+export_hf = Stage(_export_hf, ExportConfig, outputs=("hf",), num_cpus=1, models=("hf",))
+import_hf = Stage(_import_hf, ImportConfig, outputs=("checkpoint",), num_cpus=1, models=("checkpoint",))

@@ -46,9 +46,11 @@ def _open_safetensors(path: Path, source: str) -> PartReader:
 
 
 def import_hf(hf_dir: str | Path, out: str | Path, add_mask_token: str | None = None,
-              dtype: torch.dtype | None = None) -> dict:
+              dtype: torch.dtype | None = None, export_format: str | None = None) -> dict:
     """Streamed (one HF tensor and one output part in memory at a time), in the source's own dtype
-    unless `dtype` is given (bf16 stays bf16: the training model casts on load)."""
+    unless `dtype` is given (bf16 stays bf16: the training model casts on load). `export_format`: the
+    format the trained model will be exported in, whose [MASK] id the tokenizer must already have
+    (checked before anything is written, so a run never trains a model it cannot export)."""
     source = str(hf_dir) if storage.is_s3(str(hf_dir)) else str(Path(hf_dir).resolve())
     try:
         hf_dir = storage.local_copy(hf_dir)  # an s3:// checkpoint is fetched into the node-local cache
@@ -62,6 +64,8 @@ def import_hf(hf_dir: str | Path, out: str | Path, add_mask_token: str | None = 
         raise CheckpointError(f"{source}/config.json: not valid JSON ({exc})") from None
     cfg = from_hf_config(hf_cfg)
     tok = load_tokenizer(hf_dir, add_mask_token=add_mask_token)
+    if export_format is not None:
+        formats.check_tokenizer(tok, formats.get_format(export_format))
     original = tok.vocab_size - len(tok.added_roles)
     if original > cfg.vocab_size:
         raise CheckpointError(f"vocab mismatch: the tokenizer has {original} tokens but "

@@ -54,3 +54,25 @@ def _assigned(cfg: AssignedConfig, ctx) -> dict:
 
 
 assigned = Stage(_assigned, AssignedConfig, outputs=("value",))
+
+
+write_model = Stage(_write, WriteConfig, outputs=("value",), models=("value",))  # its output is a model
+
+
+class ScoreConfig(StrictModel):
+    model: str
+    data: str
+    out: str
+
+
+def _score(cfg: ScoreConfig, ctx) -> dict:
+    """Measures an input model on an input dataset (the length of its value)."""
+    value = Path(cfg.model, "value.txt").read_text()
+    ctx.log_model_metrics(cfg.model, {"length": len(value)}, cfg.data)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "score.txt").write_text(str(len(value)))
+    return {"value": str(out)}
+
+
+score = Stage(_score, ScoreConfig, outputs=("value",))

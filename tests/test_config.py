@@ -145,3 +145,53 @@ def test_recipe_wires_mask_noise_over_the_whole_cpt_and_dpos_pairs_into_eval():
     _, off = nodes("dpo.objective.alpha_min=0.5", "dpo.objective.eos_tail=false")
     assert off["eval"]["pairs"] == {"block_size": 32, "alpha_min": 0.5, "alpha_max": 0.8, "eos_tail": False}
     assert carried["sft"]["training"]["objective"]["eos_tail"] is True
+
+
+def test_start_at_a_finetune_stage_skips_cpt_and_starts_from_the_imported_model(tmp_path):
+    from llada_recipe.build import build_nodes
+
+    def graph(*over):
+        return {n.name: n for n in build_nodes(load_recipe("tiny-cpu", list(over)))}
+
+    full = graph()
+    assert {"cpt_warmup", "cpt_stable", "cpt_decay", "merge"} <= set(full)
+    assert full["export"].config["format"] is None
+    assert full["export"].config["decoding"] == {"block_length": 32, "threshold": 0.95}
+    hf = tmp_path / "llada2-mini"
+    for stage, trained in (("sft", ["sft", "cap", "dpo"]), ("cap", ["cap", "dpo"]), ("dpo", ["dpo"])):
+        g = graph(f"start_at={stage}", f"base.hf_checkpoint={hf}", "export.format=llada2")
+        assert [n for n in g if n in ("cpt_warmup", "cpt_stable", "cpt_decay", "merge", "sft", "cap", "dpo")] == trained
+        assert g["base"].stage.endswith(":import_hf") and g["base"].config["hf_dir"] == str(hf)
+        first = g[trained[0]].config["training"]
+        assert first["init_checkpoint"] == "${base.checkpoint}" and not first.get("init_state")
+        if stage == "dpo":
+            assert first["reference_checkpoint"] == "${base.checkpoint}"
+        else:
+            assert g["dpo"].config["training"]["reference_checkpoint"] == "${cap.checkpoint}"
+        assert g["export"].config["checkpoint"] == "${dpo.checkpoint}" and g["export"].config["format"] == "llada2"
+        assert g["eval"].config["decode_models"] == ["base", *trained]
+        assert set(g["eval"].config["models"]) == {"base", *trained}
+    with pytest.raises(ConfigError, match="start_at='sft' starts from an imported diffusion model"):
+        load_recipe("tiny-cpu", ["start_at=sft"])
+    with pytest.raises(ConfigError, match="unknown export format 'gguf'"):
+        load_recipe("tiny-cpu", ["export.format=gguf"])
+
+
+def test_token_editing_is_one_switch_for_cpt_sft_and_cap_and_the_eval_decodes_its_modes():
+    from llada_recipe.build import build_nodes
+
+    def graph(*over):
+        return {n.name: n.config for n in build_nodes(load_recipe("tiny-cpu", list(over)))}
+
+    off, on = graph(), graph("token_editing={ratio: 0.1}")
+    trained = ("cpt_warmup", "cpt_stable", "cpt_decay", "sft", "cap")
+    assert all(off[n]["training"]["objective"]["edit"]["ratio"] == 0 for n in trained)
+    assert all(on[n]["training"]["objective"]["edit"] == {"ratio": 0.1, "supervise": "visible", "weight": 1.0}
+               for n in trained)
+    assert "edit" not in on["dpo"]["training"]["objective"] and on["base"]["training"]["objective"]["kind"] == "ar"
+    assert off["eval"]["edit_modes"] == {} and "edit_modes" not in off["export"]["decoding"]
+    assert on["eval"]["edit_modes"] == on["export"]["decoding"]["edit_modes"] == {
+        "speed": {"threshold": 0.5, "edit_threshold": 0.9, "edit_steps": 16},
+        "quality": {"threshold": 0.8, "edit_threshold": 0.9, "edit_steps": 16}}
+    with pytest.raises(ConfigError, match="key 'sft.objective.edit': token editing is one switch"):
+        load_recipe("tiny-cpu", ["sft.objective.edit.ratio=0.2"])

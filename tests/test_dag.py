@@ -170,3 +170,55 @@ def test_a_nodes_resources_reach_its_ray_task_and_an_unplaceable_one_fails_befor
     assert sorted(executions(tmp_path)) == ["a", "b", "c", "d"]  # nothing ran
     with pytest.raises(dag.DagError, match=r"node 'e': resources \{'gpus': 1.0\}"):
         runs.start(recipe(tmp_path, extra=extra({"gpus": 1}), name="typo"), say=quiet)
+
+
+def test_models_are_logged_models_measured_on_datasets_and_the_final_one_a_registered_version(tmp_path, ray_local,
+                                                                                              capsys):
+    from mlflow import MlflowClient
+
+    from pipelines.cli import main
+
+    counter = str(tmp_path / "counter.txt")
+
+    def node(name, stage, inputs=(), **extra):
+        cfg = {"text": name, "out": "${out}", "counter": counter, "inputs": [f"${{{i}.value}}" for i in inputs]}
+        return {"name": name, "stage": f"tests.dag_stages:{stage}", "config": cfg | extra.pop("config", {})} | extra
+
+    nodes = [node("data", "write"), node("m", "write_model", ["data"]), node("broken", "write_model", ["data"],
+                                                                             config={"fail": True}),
+             {"name": "score", "stage": "tests.dag_stages:score",
+              "config": {"model": "${m.value}", "data": "${data.value}", "out": "${out}"}},
+             node("final", "write_model", ["m"], registered_model="toy-model")]
+    path = tmp_path / "models.yaml"
+    path.write_text(yaml.safe_dump({"name": "models", "workdir": str(tmp_path / "work"), "nodes": nodes}))
+    with pytest.raises(dag.DagError, match="registered_model='x' needs a stage with one model output"):
+        dag.validate([dag.Node("a", STAGE, {"text": "x", "out": "${out}", "counter": counter}, registered_model="x")])
+
+    run_id, store, rec = runs.start(str(path), say=quiet)
+    assert states(rec)["broken"] == "FAILED" and states(rec)["final"] == "SUCCEEDED"
+    client = MlflowClient(RunStore(store).run(run_id)["tracking_uri"])
+    m = client.get_logged_model(rec["m"]["models"]["value"])
+    assert (m.status.to_string() if hasattr(m.status, "to_string") else str(m.status)).endswith("READY")
+    assert m.source_run_id == rec["m"]["mlflow_run_id"] and m.params["text"] == "m"
+    assert m.tags["llada.uri"] == rec["m"]["outputs"]["value"]["uri"] and m.tags["llada.node"] == "m"
+    broken = client.get_logged_model(rec["broken"]["models"]["value"])
+    assert str(broken.status).endswith("FAILED")
+    (length,) = [x for x in m.metrics if x.key == "length"]  # measured by `score`, linked to the model
+    assert (length.value, length.dataset_name) == (len("data+m"), "data.value")
+    assert length.dataset_digest == rec["data"]["outputs"]["value"]["digest"][:36]
+    (version,) = client.search_model_versions("name = 'toy-model'")
+    final = rec["final"]["models"]["value"]
+    assert version.tags["llada.model_id"] == final and version.run_id == rec["final"]["mlflow_run_id"]
+    assert json.loads(client.get_logged_model(final).tags["mlflow.modelVersions"]) == [{"name": "toy-model",
+                                                                                         "version": 1}]
+    assert {version.tags[k] for k in ("llada.run_id", "llada.node", "llada.store", "llada.cache_key")} == {
+        run_id, "final", store, rec["final"]["cache_key"]}
+
+    capsys.readouterr()
+    assert main(["lineage", "models:/toy-model/1", "--tracking-uri", client.tracking_uri, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["run_id"] == run_id and set(doc["nodes"]) == {"final", "m", "data"}
+    assert doc["nodes"]["final"]["cache_key"] == version.tags["llada.cache_key"]
+    assert main(["lineage", "models:/toy-model/9", "--tracking-uri", client.tracking_uri]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: models:/toy-model/9: not found")

@@ -8,6 +8,8 @@ task set: the recipe does not reach the claim at this budget (`make demo`: SFT e
 the README), and a test must not assert what the recipe does not do, nor lower its bar until it passes.
 """
 
+import json
+
 import pytest
 
 from llada_core.data.synthetic import INDEPENDENT
@@ -31,7 +33,7 @@ def workdir(tmp_path_factory):
     return tmp_path_factory.mktemp("recipe")
 
 
-def test_tiny_recipe_end_to_end(workdir, tmp_path):
+def test_tiny_recipe_end_to_end(workdir, tmp_path, capsys):
     run_id, store_root, records = llada_recipe.start("tiny-cpu", SHORT + [f"workdir={workdir}"], say=lambda m: None)
     assert {r["state"] for r in records.values()} == {"SUCCEEDED"}, {k: r.get("error") for k, r in records.items()}
     store = RunStore(store_root)
@@ -56,3 +58,30 @@ def test_tiny_recipe_end_to_end(workdir, tmp_path):
     assert set(doc["nodes"]) == set(records) - {"eval"}  # every upstream node of the exported model
     merge = store.node(run_id, "merge")
     assert len(merge["info"]["merged_from"]) == 3
+
+    # every model an MLflow logged model with its eval metrics; the export a registered version whose
+    # lineage walks back to every upstream node and dataset
+    from mlflow import MlflowClient
+
+    from pipelines.cli import main
+
+    client = MlflowClient(store.run(run_id)["tracking_uri"])
+    for name in ("base", "cpt_decay", "merge", "sft", "cap", "dpo", "export"):
+        (model_id,) = records[name]["models"].values()
+        model = client.get_logged_model(model_id)
+        assert str(model.status).endswith("READY") and model.source_run_id == records[name]["mlflow_run_id"]
+    sft_model = client.get_logged_model(records["sft"]["models"]["checkpoint"])
+    measured = {m.key: m for m in sft_model.metrics}
+    assert measured["task_accuracy"].value == results["sft"]["tasks"]["accuracy"]
+    assert measured["task_accuracy"].dataset_name == "make_tasks.tasks"
+    assert measured["elbo_ppl"].dataset_name == "prepare_pretrain.dataset"
+    (version,) = client.search_model_versions("name = 'llada-tiny-cpu'")
+    assert version.tags["llada.model_id"] == records["export"]["models"]["hf"]
+    datasets = {k for k in version.tags if k.startswith("llada.dataset.")}
+    assert datasets == {f"llada.dataset.prepare_{k}.dataset" for k in ("pretrain", "sft", "dpo")}
+    assert main(["lineage", f"models:/llada-tiny-cpu/{version.version}", "--tracking-uri", client.tracking_uri,
+                 "--json"]) == 0
+    via_registry = json.loads(capsys.readouterr().out)
+    assert set(via_registry["nodes"]) == set(doc["nodes"])
+    assert {n: r["config_hash"] for n, r in via_registry["nodes"].items()} == {
+        n: r["config_hash"] for n, r in doc["nodes"].items()}

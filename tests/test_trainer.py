@@ -47,8 +47,9 @@ def init_ckpt(tmp_path_factory, data):
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, data, init_ckpt):
     out = tmp_path_factory.mktemp("ref")
-    # [MASK]-embedding noise in the first 2 of 3 steps: each layout must add the same noise to each sample
-    objective = {"kind": "cpt", "block_size": 8, "mask_noise_std": 0.1, "mask_noise_steps": 2}
+    # [MASK]-embedding noise in the first 2 of 3 steps: each layout must add the same noise to each sample;
+    # the T2T stream of token editing on: the same random tokens per sample, the same loss over them
+    objective = {"kind": "cpt", "block_size": 8, "mask_noise_std": 0.1, "mask_noise_steps": 2, "edit": {"ratio": 0.1}}
     stage = stage_dict(data, objective, init_checkpoint=init_ckpt, model_overrides=["max_position=128"], steps=3)
     return stage, spawn(1, stage, out, mode="save"), out
 
@@ -61,6 +62,7 @@ def reference(tmp_path_factory, data, init_ckpt):
 ])
 def test_layouts_match_one_rank_for_three_steps(reference, tmp_path, layout, micro_batch):
     stage, ref, _ = reference
+    assert all(h["edit_tokens"] > 0 for h in ref)  # the T2T stream is really on
     got = spawn(2, stage | {"layout": layout, "micro_batch": micro_batch}, tmp_path)
     for step, (a, b) in enumerate(zip(ref, got, strict=True)):
         assert b["loss"] == pytest.approx(a["loss"], abs=1e-5), (step, layout)
@@ -100,14 +102,17 @@ def test_a_checkpoint_saved_under_tp2_continues_under_ep2_with_the_same_logits(r
     assert torch.equal(saved, loaded), (saved - loaded).abs().max()
 
 
-@pytest.mark.parametrize("objective", ["cap"])  # CAP's loss is SFT's plus a confidence term: both run
+# CAP's loss is SFT's plus a confidence term: both run; with the T2T stream of token editing on
+@pytest.mark.parametrize("objective", [{"kind": "cap", "block_size": 8, "edit": {"ratio": 0.2}}])
 def test_pipeline_parallel_instruction_objectives_match_one_rank(data, init_ckpt, tmp_path, objective):
     """PP=2 runs the unchanged objective: inputs captured for the first stage, loss on the last."""
     sft = make_instruct_dataset(str(tmp_path), "sft", data)
-    stage = stage_dict(sft, name=objective, objective=objective, init_checkpoint=init_ckpt, steps=2, micro_batch=2)
+    stage = stage_dict(sft, name=objective["kind"], objective=objective, init_checkpoint=init_ckpt, steps=2,
+                       micro_batch=2)
     (tmp_path / "one").mkdir()
     (tmp_path / "pp").mkdir()
     ref = spawn(1, stage, tmp_path / "one")
+    assert all(h["edit_tokens"] > 0 for h in ref)
     got = spawn(2, stage | {"layout": {"world_size": 2, "pp": 2}}, tmp_path / "pp")
     for step, (a, b) in enumerate(zip(ref, got, strict=True)):
         assert b["loss"] == pytest.approx(a["loss"], abs=1e-5), step

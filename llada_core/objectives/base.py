@@ -36,6 +36,7 @@ class StepContext:
     step: int  # optimizer steps done before this one
     positions: list[int]  # global sample positions of the rows: each row's noise is seeded by its own
     block_size: int | None = None  # the WSD schedule's block size at this step, when a schedule drives it
+    vocab_size: int | None = None  # the tokenizer's: the T2T stream's random tokens are drawn below it
 
 
 class Objective:

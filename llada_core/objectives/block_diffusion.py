@@ -32,6 +32,7 @@ from llada_core.objectives.common import (
     sample_generator,
     token_nll,
 )
+from llada_core.objectives.editing import EditConfig, add_random_tokens, edit_metrics, row_generators
 
 
 class CPTConfig(BlockConfig):
@@ -42,6 +43,7 @@ class CPTConfig(BlockConfig):
     # (tiny-cpu: the block-1 and block-4 warm-up); std 0 turns it off.
     mask_noise_std: float = Field(0.1, ge=0)
     mask_noise_steps: int = Field(100, ge=0)
+    edit: EditConfig = EditConfig()  # the T2T stream of token editing (objectives/editing.py); off by default
 
 
 def denoise_inputs(xt: Tensor, x0: Tensor, doc_ids: Tensor, block_size: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -60,8 +62,11 @@ def denoise_logits(model, xt: Tensor, x0: Tensor, doc_ids: Tensor, block_size: i
 
 
 def weighted_masked_nll(logits: Tensor, x0: Tensor, noise: Noise) -> Tensor:
-    """Per-sequence sum_i 1[masked_i] * -log p(x0_i) / t  ->  [B]."""
-    return (token_nll(logits, x0) * noise.masked).sum(1) / noise.t
+    """Per-sequence sum_i 1[masked_i] * -log p(x0_i) / t  ->  [B]; with the T2T stream on, plus
+    edit_weight * sum_i 1[supervised_i] * -log p(x0_i) over the visible positions it supervises."""
+    nll = token_nll(logits, x0)
+    out = (nll * noise.masked).sum(1) / noise.t
+    return out if noise.supervised is None else out + noise.edit_weight * (nll * noise.supervised).sum(1)
 
 
 def block_diffusion_from_logits(logits: Tensor, x0: Tensor, doc_ids: Tensor, block_size: int,
@@ -71,7 +76,7 @@ def block_diffusion_from_logits(logits: Tensor, x0: Tensor, doc_ids: Tensor, blo
     valid = doc_ids >= 0
     loss = weighted_masked_nll(logits, x0, noise).sum() / valid.sum().clamp(min=1)
     metrics = {"block_size": block_size, "mask_ratio": float(noise.masked.sum() / valid.sum().clamp(min=1)),
-               "tokens": int(valid.sum())}
+               "tokens": int(valid.sum())} | edit_metrics(noise)
     return LossOutput(loss, metrics, logits, noise)
 
 
@@ -104,6 +109,8 @@ class CPT(Objective):
     def batch(self, rows: list[dict], ctx: StepContext) -> NoisedBatch:
         x0, doc = packed_tensors(rows)
         noise = row_noise(doc >= 0, [sample_generator(ctx.seed, p) for p in ctx.positions])
+        noise = add_random_tokens(noise, doc >= 0, row_generators(ctx.seed, ctx.positions), self.cfg.edit,
+                                  ctx.vocab_size, ctx.mask_id)
         block = ctx.block_size or self.cfg.block_size
         mask_noise = None
         if self.cfg.mask_noise_std and ctx.step < self.cfg.mask_noise_steps:  # each row's own, like its mask

@@ -39,6 +39,13 @@ def to_device(batch, device: torch.device):
 class Noise:
     t: Tensor  # [B] mask ratio per sequence
     masked: Tensor  # [B, L] bool, True where x_t = [MASK]
+    # the T2T stream (token editing, llada_core.objectives.editing), None when off: visible positions
+    # holding a random token, the tokens there, the visible positions supervised besides the masked
+    # ones, and their loss weight
+    replaced: Tensor | None = None
+    random_ids: Tensor | None = None
+    supervised: Tensor | None = None
+    edit_weight: float = 0.0
 
 
 @dataclass
@@ -71,7 +78,8 @@ def row_noise(eligible: Tensor, generators: list[torch.Generator], t_min: float 
 
 
 def apply_noise(x0: Tensor, noise: Noise, mask_id: int) -> Tensor:
-    return torch.where(noise.masked, torch.full_like(x0, mask_id), x0)
+    xt = torch.where(noise.masked, torch.full_like(x0, mask_id), x0)
+    return xt if noise.replaced is None else torch.where(noise.replaced, noise.random_ids, xt)
 
 
 def token_nll(logits: Tensor, targets: Tensor) -> Tensor:

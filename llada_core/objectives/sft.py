@@ -30,6 +30,7 @@ from llada_core.objectives.common import (
     row_noise,
     sample_generator,
 )
+from llada_core.objectives.editing import EditConfig, add_random_tokens, edit_metrics, row_generators
 
 
 class ResponseConfig(BlockConfig):
@@ -49,6 +50,7 @@ class ResponseConfig(BlockConfig):
 class SFTConfig(ResponseConfig):
     kind: Literal["sft"] = "sft"
     complementary_masking: bool = True
+    edit: EditConfig = EditConfig()  # the T2T stream of token editing (objectives/editing.py); off by default
 
 
 @dataclass
@@ -119,6 +121,7 @@ def sft_from_logits(logits: Tensor, b: NoisedSFT) -> LossOutput:
     n_response = b.batch.response.sum().clamp(min=1)
     loss = weighted_masked_nll(logits, x0, b.noise).sum() / n_response
     metrics = {"response_tokens": int(b.batch.response.sum()), "masked_tokens": int(b.noise.masked.sum())}
+    metrics |= edit_metrics(b.noise)
     return LossOutput(loss, metrics, logits, b.noise)
 
 
@@ -144,7 +147,11 @@ class SFT(Objective):
         batch = example_batch(rows, "input_ids", c, ctx)
         gens = [sample_generator(ctx.seed, p) for p in ctx.positions]
         noise = row_noise(batch.response, gens, c.alpha_min, c.alpha_max)
-        return noised(batch, noise, c.block_size, ctx.mask_id, c.complementary_masking)
+        b = noised(batch, noise, c.block_size, ctx.mask_id, c.complementary_masking)
+        copies = 2 if c.complementary_masking else 1  # each copy's visible tokens get their own random ones
+        b.noise = add_random_tokens(b.noise, b.batch.response, row_generators(ctx.seed, ctx.positions, copies), c.edit,
+                                    ctx.vocab_size, ctx.mask_id)
+        return b
 
     def model_inputs(self, b: NoisedSFT) -> dict:
         return sft_inputs(b)

@@ -65,6 +65,7 @@ class Trainer:
         self.stream = RowStream(cfg.data, cfg.split, seed=cfg.seed)
         special = self.stream.manifest["tokenizer"]["special_tokens"]
         self.mask_id, self.pad_id, self.eos_id = (special[k]["id"] for k in ("mask", "pad", "eos"))
+        self.vocab_size = self.stream.manifest["tokenizer"]["vocab_size"]
         self.objective = build_objective(cfg.objective)
         model_cfg = resolve_model_config(cfg, self.stream.manifest)
         dtype = training_dtype(cfg)
@@ -109,7 +110,7 @@ class Trainer:
             rows = self.stream.rows_at(positions)
             self._real_tokens += self.objective.real_tokens(rows)
             ctx = StepContext(self.mask_id, self.pad_id, self.eos_id, self.cfg.seed, self.step_offset + self.step,
-                              positions, self._block_size(tokens))
+                              positions, self._block_size(tokens), self.vocab_size)
             batches.append(to_device(self.objective.batch(rows, ctx), self.device))
         return batches
 
