@@ -68,7 +68,7 @@ class NodeContext:
 
         from pipelines.tracking import metric_name
 
-        model, data = self.inputs.get(model_uri, {}), self.inputs.get(dataset_uri, {})
+        model, data = self.inputs.get(model_uri.rstrip("/"), {}), self.inputs.get(dataset_uri.rstrip("/"), {})
         ts = int(time.time() * 1000)
         items = [Metric(metric_name(k), float(v), ts, 0, model_id=model.get("model_id"),
                         dataset_name=data.get("name"), dataset_digest=(data.get("digest") or "")[:36] or None)

@@ -169,17 +169,16 @@ class Executor:
                 name = f"{up}.{output}"
                 self.tracker.log_dataset(mlflow_run, name, uris[f"${{{name}}}"], digests[name], context=output)
         attempts = rec.get("attempts", 0) + 1
+        rec["models"] = models.start(self.tracker, node.name, stage.models, mlflow_run, flatten(node.config),
+                                     {"llada.run_id": self.run_id, "llada.node": node.name, "llada.cache_key": key})
         rec |= {"state": "RUNNING", "attempts": attempts, "started": now(), "ended": None, "error": None,
                 "traceback": None, "outputs": {}, "config": resolved, "code_version": code_version()}
         self.store.write_node(self.run_id, _public(rec))
         self.tracker.set_tags(mlflow_run, {"llada.state": "RUNNING", "llada.attempts": str(attempts)})
         self.say(f"[{node.name}] running (attempt {attempts})")
-        rec["models"] = models.start(self.tracker, node.name, stage.models, mlflow_run, flatten(node.config),
-                                     {"llada.run_id": self.run_id, "llada.node": node.name, "llada.cache_key": key})
-        self.store.write_node(self.run_id, _public(rec))
-        inputs = {uris[f"${{{up}.{output}}}"]: {"name": f"{up}.{output}", "digest": digests[f"{up}.{output}"],
-                                                 "model_id": records[up].get("models", {}).get(output)}
-                  for up, output in node.refs()}
+        inputs = {uris[f"${{{up}.{output}}}"].rstrip("/"): {
+            "name": f"{up}.{output}", "digest": digests[f"{up}.{output}"],
+            "model_id": records[up].get("models", {}).get(output)} for up, output in node.refs()}
         ctx = NodeContext(self.run_id, node.name, key, out_dir, self.store.train_storage(self.run_id),
                           self.tracker.tracking_uri, mlflow_run, parent_run=self.run_doc["mlflow_parent_run"],
                           progress_queue=self.queue, inputs=inputs)

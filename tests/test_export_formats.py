@@ -81,7 +81,9 @@ def read_export(d):
 
 def test_llada2_export_has_what_the_format_requires_and_reimports_bit_exact(tmp_path):
     cfg, tok = checkpoint(tmp_path / "ckpt", LING, "llada2")
-    hf_cfg = export_hf(tmp_path / "ckpt", tmp_path / "hf", "llada2", {"block_length": 32, "threshold": 0.9})
+    editing = {"speed": {"threshold": 0.5, "edit_threshold": 0.9, "edit_steps": 16}}  # a token-editing model's
+    hf_cfg = export_hf(tmp_path / "ckpt", tmp_path / "hf", "llada2",
+                       {"block_length": 32, "threshold": 0.9, "edit_modes": editing})
     d = tmp_path / "hf"
     assert {p.name for p in d.iterdir()} >= FILES
     config = json.loads((d / "config.json").read_text())
@@ -107,6 +109,7 @@ def test_llada2_export_has_what_the_format_requires_and_reimports_bit_exact(tmp_
     gen = json.loads((d / "generation_config.json").read_text())
     assert (gen["block_length"], gen["threshold"], gen["mask_token_id"], gen["eos_token_id"]) == (32, 0.9, 156895,
                                                                                                   156892)
+    assert gen["edit_modes"] == editing
     tok_cfg = json.loads((d / "tokenizer_config.json").read_text())
     assert tok_cfg["mask_token"] == "<|mask|>" and "chat_template" in tok_cfg
 
