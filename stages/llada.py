@@ -211,11 +211,20 @@ def _eval(cfg: EvalConfig, ctx) -> dict:
     return {"results": out}
 
 
+def _known_format(value: str | None) -> str | None:
+    from llada_core.model.hf_formats import get_format
+
+    if value is not None:
+        get_format(value)  # an unknown name fails when the graph is validated, naming the choices
+    return value
+
+
 class ExportConfig(StrictModel):
     checkpoint: str
     out: str
     format: str | None = None  # llada_core.model.hf_formats; None: the AR layout of the model's family
     decoding: dict = {}  # a diffusion format's generation config: block_length, threshold
+    _format = field_validator("format")(_known_format)
 
 
 def _export_hf(cfg: ExportConfig, ctx) -> dict:
@@ -232,6 +241,7 @@ class ImportConfig(StrictModel):
     out: str
     add_mask_token: str | None = None
     export_format: str | None = None  # the recipe's: its [MASK] id is checked here, before any training
+    _format = field_validator("export_format")(_known_format)
 
 
 def _import_hf(cfg: ImportConfig, ctx) -> dict:

@@ -181,3 +181,12 @@ def test_what_a_format_cannot_hold_is_one_error_and_nothing_written(tmp_path, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "151669" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_graph_with_an_unknown_format_fails_when_validated_naming_the_node():
+    from pipelines import dag
+
+    for stage, config in (("export_hf", {"checkpoint": "c", "out": "${out}", "format": "gguf"}),
+                          ("import_hf", {"hf_dir": "h", "out": "${out}", "export_format": "gguf"})):
+        with pytest.raises(dag.DagError, match=r"(?s)node 'x': config error.*unknown export format 'gguf'"):
+            dag.validate([dag.Node("x", f"stages.llada:{stage}", config)])
