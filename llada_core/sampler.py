@@ -81,6 +81,10 @@ class Rule:
     def editing(self) -> bool:
         return self.edit_threshold is not None and self.edit_threshold <= 1.0
 
+    @property
+    def post_block_steps(self) -> int:
+        return self.edit_steps if self.editing else 0
+
 
 def _predict(logits, rule: Rule):
     """(choice, its probability) per position; [MASK] is never predicted."""
@@ -161,7 +165,7 @@ def _decode(model, seq, start, max_new_tokens, stops, block_size, rule: Rule, bl
         block_end = (pos // block_size + 1) * block_size
         steps = 0
         block_start = pos - pos % block_size
-        edits_left = rule.edit_steps if rule.editing else 0
+        edits_left = rule.post_block_steps
         while True:
             block = seq[0, pos:block_end]
             unmask = _unmasking(block, stops, mask_id)
@@ -209,8 +213,7 @@ def generate_batch(model, prompts: list[list[int]], *, mask_id: int, eos_id: int
     seq = torch.full((len(prompts), max(ends, default=0)), mask_id, dtype=torch.long, device=device)
     for r, p in enumerate(prompts):
         seq[r, : len(p)] = torch.tensor(p, device=device)
-    edit_steps = rule.edit_steps if rule.editing else 0
-    stops, rows = {eos_id, *stop_ids}, [_Row(len(p), len(p), edits_left=edit_steps) for p in prompts]
+    stops, rows = {eos_id, *stop_ids}, [_Row(len(p), len(p), edits_left=rule.post_block_steps) for p in prompts]
     where = torch.arange(seq.shape[1], device=device)
     while active := [r for r, row in enumerate(rows) if row.result is None]:
         block_ends = [(rows[r].pos // block_size + 1) * block_size for r in active]
@@ -235,7 +238,7 @@ def generate_batch(model, prompts: list[list[int]], *, mask_id: int, eos_id: int
                 stop = row.pos + hit + 1 if hit is not None else row.start + max_new_tokens
                 row.result = DecodeResult(seq[r, row.start : stop].tolist(), row.passes, row.steps_per_block,
                                           row.processed)
-            row.pos, row.edits_left = end, edit_steps
+            row.pos, row.edits_left = end, rule.post_block_steps
     return [row.result for row in rows]
 
 

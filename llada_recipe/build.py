@@ -158,16 +158,17 @@ def build_nodes(cfg: RecipeConfig) -> list[Node]:
     tasks = "${make_tasks.tasks}" if not (ins.sft_input and ins.dpo_input) else None
     # an imported diffusion model (start_at) is decoded too: the "before" of its fine-tuning
     decoded = ["base"] * (cfg.start_at != "cpt") + [m for m in ("merged", *FINETUNE) if m in models]
+    edit_modes = _dump(cfg.eval)["edit_modes"] if cfg.token_editing else {}  # decoded and exported with editing
     nodes.append(Node("eval", S + "evaluate", {
         "models": models, "pretrain": pretrain, "tasks": tasks or "", "dpo": dpo_data, "out": "${out}",
         **_dump(cfg.eval), "pairs": cfg.dpo.objective.model_dump(mode="json", include=set(ResponseConfig.model_fields)),
-        "edit_modes": _dump(cfg.eval)["edit_modes"] if cfg.token_editing else {},
+        "edit_modes": edit_modes,
         "decode_models": decoded if tasks else [],
         "sweep_models": list(finetune) if tasks else []}))
     nodes.append(Node("export", S + "export_hf", {
         "checkpoint": previous, "out": "${out}", "format": cfg.export.format,
         "decoding": {"block_length": cfg.eval.block_size, "threshold": cfg.eval.threshold}
-        | ({"edit_modes": _dump(cfg.eval)["edit_modes"]} if cfg.token_editing else {})},
+        | ({"edit_modes": edit_modes} if cfg.token_editing else {})},
         registered_model=cfg.export.registered_model or f"llada-{cfg.name}"))
     return _with_memory(nodes, recipe_memory(cfg))
 

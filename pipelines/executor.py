@@ -163,13 +163,14 @@ class Executor:
         opts.force |= dag.descendants(self.nodes, {node.name}) - {node.name}
         out_dir = self.store.node_output(self.run_id, node.name)
         resolved = dag.substitute(node.config, lambda ref: out_dir if ref == dag.OUT else uris.get(ref))
-        self.tracker.log_params(mlflow_run, flatten(node.config))
+        params = flatten(node.config)
+        self.tracker.log_params(mlflow_run, params)
         if rec.get("attempts", 0) == 0:
             for up, output in node.refs():
                 name = f"{up}.{output}"
                 self.tracker.log_dataset(mlflow_run, name, uris[f"${{{name}}}"], digests[name], context=output)
         attempts = rec.get("attempts", 0) + 1
-        rec["models"] = models.start(self.tracker, node.name, stage.models, mlflow_run, flatten(node.config),
+        rec["models"] = models.start(self.tracker, node.name, stage.models, mlflow_run, params,
                                      {"llada.run_id": self.run_id, "llada.node": node.name, "llada.cache_key": key})
         rec |= {"state": "RUNNING", "attempts": attempts, "started": now(), "ended": None, "error": None,
                 "traceback": None, "outputs": {}, "config": resolved, "code_version": code_version()}

@@ -1,5 +1,5 @@
 """MLflow 3 logged models for node outputs that are models (a stage's `models`), and the Model
-Registry entry of a node that names one (`Node.register`).
+Registry entry of a node that names one (`Node.registered_model`).
 
 A model is created PENDING when its node starts (source run = the node's run, params = the node's
 config), tagged with its artifact URI and digest and set READY when the node succeeds (FAILED when
@@ -83,11 +83,11 @@ def lineage_tags(doc: dict, store_root: str, run_id: str, node: str) -> dict[str
 def resolve(uri: str, tracking_uri: str) -> tuple[str, str, str]:
     """models:/NAME/VERSION -> (run store, run id, node) from the version's lineage tags."""
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
     name, _, version = uri.removeprefix("models:/").rpartition("/")
     if not name or not version.isdigit():
         raise KeyError(f"{uri}: expected models:/NAME/VERSION")
-    from mlflow.exceptions import MlflowException
 
     try:
         tags = MlflowClient(tracking_uri).get_model_version(name, version).tags
