@@ -95,6 +95,36 @@ def test_training_layout_equals_decoding_layout(model):
     assert not torch.allclose(train, naive, atol=1e-3)
 
 
+def test_logits_of_a_prefix_equal_the_full_forwards_and_so_do_the_gradients(model):
+    """`logits_len` (the x_t half of [x_t ; x_0]) computes only those positions' logits: the same
+    numbers, and the same loss gradients, as slicing the full output."""
+    from llada_core.objectives.block_diffusion import denoise_inputs
+
+    g = torch.Generator().manual_seed(3)
+    x0 = torch.randint(8, 64, (2, 16), generator=g)
+    doc = torch.zeros_like(x0)
+    xt = torch.where(torch.rand(x0.shape, generator=g) < 0.5, MASK, x0)
+    inputs = denoise_inputs(xt, x0, doc, 4)
+    assert inputs["logits_len"] == 16 and inputs["input_ids"].shape[1] == 32
+    model.train()
+    grads = []
+    for trim in (True, False):
+        kw = inputs if trim else {k: v for k, v in inputs.items() if k != "logits_len"}
+        logits = model(**kw)
+        assert logits.shape[1] == (16 if trim else 32)
+        logits[:, :16].logsumexp(-1).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+        model.zero_grad(set_to_none=True)
+        if trim:
+            trimmed = logits.detach()
+        else:
+            assert torch.allclose(trimmed, logits[:, :16].detach(), atol=1e-5)
+    model.eval()
+    assert grads[0].keys() == grads[1].keys()
+    assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-5) for n in grads[0])
+    assert denoise_inputs(xt, x0, doc, 16).get("logits_len") is None  # L_B = L: x_t alone, nothing to trim
+
+
 def test_block_diffusion_invariances(model):
     g = torch.Generator().manual_seed(2)
     L, blk = 16, 4

@@ -25,11 +25,11 @@ class FixedLogits(torch.nn.Module):
         self.table = torch.nn.Parameter(table.clone())
         self.calls = []
 
-    def forward(self, input_ids, position_ids, allowed):
+    def forward(self, input_ids, position_ids, allowed, logits_len=None):
         self.calls.append((input_ids.clone(), allowed.clone()))
         B, S = input_ids.shape
         L = self.table.shape[0]
-        idx = position_ids.clamp(max=L - 1)
+        idx = position_ids[:, :logits_len].clamp(max=L - 1)
         return self.table[idx]
 
 

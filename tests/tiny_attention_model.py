@@ -18,7 +18,7 @@ class TinyAttentionLM(nn.Module):
                                  for _ in range(layers))
         self.out = nn.Linear(hidden, vocab)
 
-    def forward(self, input_ids, position_ids, allowed):
+    def forward(self, input_ids, position_ids, allowed, logits_len=None):
         x = self.emb(input_ids) + self.pos(position_ids)
         B, S, H = x.shape
         for qkv, mlp in zip(self.qkv, self.mlp, strict=True):
@@ -26,4 +26,4 @@ class TinyAttentionLM(nn.Module):
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])
             x = x + a.transpose(1, 2).reshape(B, S, H)
             x = x + mlp(x)
-        return self.out(x)
+        return self.out(x[:, :logits_len])  # logits_len: the denoiser's prefix (LladaModel's interface)

@@ -6,6 +6,9 @@ denoiser every objective and the sampler call. Two things megatron's GPTModel do
     positions 0..L-1 in both halves. `IndexedRotaryEmbedding` indexes the frequency table by them.
   - mask-embedding noise (early CPT): the embedding output gets Gaussian noise at [MASK] positions
     and is handed to the decoder as `decoder_input`.
+  - logits of a prefix only (`logits_len`): the objectives read the x_t half of [x_t ; x_0], so the
+    output layer runs on those positions alone (on 2 cores the [B, 2L, V] logits, their slice and its
+    backward were ~40% of an SFT step). A hook trims the hidden states before the output layer.
 The parallel layout comes from megatron's parallel state (llada_core.parallel.setup); nothing here
 is parallel-specific beyond passing the layout's sizes into TransformerConfig.
 """
@@ -121,6 +124,16 @@ class LladaModel(nn.Module):
         # Same state, one overridden method: RoPE positions from position_ids (see module doc).
         # Every pipeline stage computes its own rotary table, so every stage gets the override.
         self.gpt.rotary_pos_emb.__class__ = IndexedRotaryEmbedding
+        self._logits_len: int | None = None
+        # the sequence is sharded along S under sequence / context parallelism: a prefix is not local there
+        self._can_trim = not (self.gpt.config.sequence_parallel or layout.cp > 1)
+        if self.post_process:
+            self.gpt.output_layer.register_forward_pre_hook(self._trim_to_logits_len)
+
+    def _trim_to_logits_len(self, module, args):
+        if self._logits_len is None or not self._can_trim:
+            return None
+        return (args[0][: self._logits_len], *args[1:])  # hidden states [S, B, H]
 
     @property
     def module(self):
@@ -144,8 +157,10 @@ class LladaModel(nn.Module):
                 a.kv_cache = None
 
     def forward(self, input_ids: Tensor, position_ids: Tensor, allowed: Tensor,
-                mask_noise: tuple | None = None) -> Tensor:
-        """mask_noise = (mask_id, std, one generator per row) adds Gaussian noise to [MASK] embeddings."""
+                mask_noise: tuple | None = None, logits_len: int | None = None) -> Tensor:
+        """mask_noise = (mask_id, std, one generator per row) adds Gaussian noise to [MASK] embeddings.
+        logits_len: the logits of the first logits_len positions are enough (the output may still hold
+        all S where the sequence is sharded; callers slice)."""
         if not torch.equal(position_ids, position_ids[:1].expand_as(position_ids)):
             raise ValueError("every row of a batch must use the same position_ids")
         decoder_input = None
@@ -160,9 +175,9 @@ class LladaModel(nn.Module):
             decoder_input = add_mask_embedding_noise(emb.transpose(0, 1), input_ids, mask_id, std, generators,
                                                      first).transpose(0, 1)
         rotary = self.gpt.rotary_pos_emb
-        rotary.positions = position_ids[0]
+        rotary.positions, self._logits_len = position_ids[0], logits_len
         try:
             return self.gpt(input_ids, position_ids, attention_mask=~allowed[:, None], decoder_input=decoder_input,
                             runtime_gather_output=True)
         finally:
-            rotary.positions = None
+            rotary.positions = self._logits_len = None

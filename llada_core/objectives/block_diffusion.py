@@ -46,19 +46,21 @@ class CPTConfig(BlockConfig):
     edit: EditConfig = EditConfig()  # the T2T stream of token editing (objectives/editing.py); off by default
 
 
-def denoise_inputs(xt: Tensor, x0: Tensor, doc_ids: Tensor, block_size: int) -> tuple[Tensor, Tensor, Tensor]:
-    """(input_ids, position_ids, allowed) of the denoiser: [x_t ; x_0] under Eq. 3, or x_t alone under
-    Eq. 4 when L_B = L. The logits of the x_t positions are the first L of the output."""
+def denoise_inputs(xt: Tensor, x0: Tensor, doc_ids: Tensor, block_size: int) -> dict:
+    """The denoiser's inputs (input_ids, position_ids, allowed, logits_len): [x_t ; x_0] under Eq. 3,
+    or x_t alone under Eq. 4 when L_B = L. Only the x_t positions' logits are read: the first L of
+    the output, and the only ones the model computes (logits_len)."""
     B, L = x0.shape
     pos = positions(B, L, x0.device)
     if block_size == L:
-        return xt, pos, masks.document_mask(doc_ids)
-    return torch.cat([xt, x0], 1), torch.cat([pos, pos], 1), masks.block_diffusion_mask(doc_ids, block_size)
+        return {"input_ids": xt, "position_ids": pos, "allowed": masks.document_mask(doc_ids)}
+    return {"input_ids": torch.cat([xt, x0], 1), "position_ids": torch.cat([pos, pos], 1),
+            "allowed": masks.block_diffusion_mask(doc_ids, block_size), "logits_len": L}
 
 
 def denoise_logits(model, xt: Tensor, x0: Tensor, doc_ids: Tensor, block_size: int) -> Tensor:
     """Logits at the x_t positions, [B, L, V], for any block size."""
-    return model(*denoise_inputs(xt, x0, doc_ids, block_size))[:, : x0.shape[1]]
+    return model(**denoise_inputs(xt, x0, doc_ids, block_size))[:, : x0.shape[1]]
 
 
 def weighted_masked_nll(logits: Tensor, x0: Tensor, noise: Noise) -> Tensor:
@@ -83,7 +85,7 @@ def block_diffusion_from_logits(logits: Tensor, x0: Tensor, doc_ids: Tensor, blo
 def block_diffusion_loss(model, x0: Tensor, doc_ids: Tensor, block_size: int, mask_id: int,
                          noise: Noise | None = None, generator: torch.Generator | None = None) -> LossOutput:
     noise = noise or draw_noise(doc_ids >= 0, generator)
-    logits = model(*denoise_inputs(apply_noise(x0, noise, mask_id), x0, doc_ids, block_size))
+    logits = model(**denoise_inputs(apply_noise(x0, noise, mask_id), x0, doc_ids, block_size))
     return block_diffusion_from_logits(logits, x0, doc_ids, block_size, noise)
 
 
@@ -119,9 +121,8 @@ class CPT(Objective):
         return NoisedBatch(x0, doc, noise, block, ctx.mask_id, mask_noise)
 
     def model_inputs(self, b: NoisedBatch) -> dict:
-        ids, pos, allowed = denoise_inputs(apply_noise(b.x0, b.noise, b.mask_id), b.x0, b.doc_ids, b.block_size)
         extra = {"mask_noise": b.mask_noise} if b.mask_noise else {}
-        return {"input_ids": ids, "position_ids": pos, "allowed": allowed} | extra
+        return denoise_inputs(apply_noise(b.x0, b.noise, b.mask_id), b.x0, b.doc_ids, b.block_size) | extra
 
     def loss(self, logits: Tensor, b: NoisedBatch) -> LossOutput:
         return block_diffusion_from_logits(logits, b.x0, b.doc_ids, b.block_size, b.noise)  # Eq. 1

@@ -111,8 +111,7 @@ def noised(batch: SFTBatch, noise: Noise, block_size: int, mask_id: int, complem
 
 def sft_inputs(b: NoisedSFT) -> dict:
     x0 = b.batch.input_ids
-    ids, pos, allowed = denoise_inputs(apply_noise(x0, b.noise, b.mask_id), x0, b.batch.doc_ids, b.block_size)
-    return {"input_ids": ids, "position_ids": pos, "allowed": allowed}
+    return denoise_inputs(apply_noise(x0, b.noise, b.mask_id), x0, b.batch.doc_ids, b.block_size)
 
 
 def sft_from_logits(logits: Tensor, b: NoisedSFT) -> LossOutput:
