@@ -36,6 +36,8 @@ class TokenizerSpec(StrictModel):
     vocab_size: int = Field(8192, ge=264)
     add_mask_token: str | None = None  # token to add when a loaded tokenizer has no mask token
     train_max_bytes: int = Field(64 << 20, gt=0)  # cap on the text the BPE trainer sees
+    # words a trained BPE keeps as one token each (e.g. " 9"); the recipe adds its built-in tasks' symbols
+    single_tokens: list[str] = []
 
     _path_exists = field_validator("path")(check_input_exists)
 
@@ -43,6 +45,8 @@ class TokenizerSpec(StrictModel):
     def _one_source(self):
         if bool(self.path) == self.train:
             raise ValueError("path: give exactly one of tokenizer.path or tokenizer.train=true")
+        if self.path and self.single_tokens:
+            raise ValueError("single_tokens: only a trained tokenizer (train=true) can be given whole words")
         return self
 
 
@@ -82,7 +86,8 @@ def _training_texts(sources: list[SourceFile], max_bytes: int, on_bad_utf8: str)
 def build_tokenizer(spec: TokenizerSpec, sources: list[SourceFile], on_bad_utf8: str) -> LladaTokenizer:
     if spec.path:
         return load_tokenizer(spec.path, add_mask_token=spec.add_mask_token)
-    return train_bpe(_training_texts(sources, spec.train_max_bytes, on_bad_utf8), spec.vocab_size)
+    return train_bpe(_training_texts(sources, spec.train_max_bytes, on_bad_utf8), spec.vocab_size,
+                     single_tokens=spec.single_tokens)
 
 
 class PackBuilder:

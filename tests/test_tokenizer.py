@@ -72,3 +72,28 @@ def test_chat_template_prompt_length(tmp_path):
         encode_example(tok, [{"role": "user", "content": "hi"}])
     with pytest.raises(ChatFormatError, match="role must be one of"):
         encode_example(tok, [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "y"}])
+
+
+def test_single_tokens_are_whole_and_the_vocabulary_keeps_its_size():
+    # " 9" is rare in this text: the trainer alone leaves it as " " + "9"
+    text = ["x = 1 + 2 + 3 + 4 + 5 + 6 + 7 + 8 " * 3, "def f(a, b):\n    return a * b\n"] * 30
+    plain = train_bpe(iter(text), vocab_size=300)
+    assert len(plain.encode(" 9")) == 2
+    words = [" 9", " z", " Running"]
+    tok = train_bpe(iter(text), vocab_size=300, single_tokens=words)
+    assert [len(tok.encode(w)) for w in words] == [1, 1, 1]
+    # this text fills 291 of 300 ids (min_frequency 2): the words take free ids, nothing learned is dropped
+    merges = [json.loads(t.to_json())["model"]["merges"] for t in (plain, tok)]
+    assert plain.vocab_size == 291 < tok.vocab_size <= 300 and merges[1][: len(merges[0])] == merges[0]
+    full = train_bpe(iter(text), vocab_size=plain.vocab_size, single_tokens=words)  # no room: the last merges go
+    assert full.vocab_size == plain.vocab_size and [len(full.encode(w)) for w in words] == [1, 1, 1]
+    for t in (tok, full):
+        assert sorted(t.tok.get_vocab().values()) == list(range(t.vocab_size))  # the ids stay contiguous
+    for s in ["x = 9 + 99", "Running z 9", "def f(a, b):\n    return a * b\n"]:
+        assert tok.decode(tok.encode(s)) == full.decode(full.encode(s)) == s
+    assert tok.encode(text[1]) == plain.encode(text[1])  # text without those words: as before
+
+
+def test_single_tokens_must_be_one_pre_tokenized_word():
+    with pytest.raises(TokenizerError, match="not one word"):
+        train_bpe(iter(TEXT), vocab_size=320, single_tokens=["two words"])

@@ -102,8 +102,10 @@ class LladaTokenizer:
         return cls(Tokenizer.from_str(tokenizer_json), dict(special))
 
 
-def train_bpe(texts: Iterator[str], vocab_size: int, min_frequency: int = 2) -> LladaTokenizer:
-    """Byte-level BPE trained on `texts`; special tokens take ids 0..7 in DEFAULT_SPECIAL order."""
+def train_bpe(texts: Iterator[str], vocab_size: int, min_frequency: int = 2,
+              single_tokens: Iterable[str] = ()) -> LladaTokenizer:
+    """Byte-level BPE trained on `texts`; special tokens take ids 0..7 in DEFAULT_SPECIAL order.
+    Each of `single_tokens` (one pre-tokenized word each, e.g. " 9") is one token of the result."""
     specials = list(DEFAULT_SPECIAL.values())
     if vocab_size < 256 + len(specials):
         raise TokenizerError(f"vocab_size={vocab_size} is below the 256 byte symbols + {len(specials)} special tokens")
@@ -118,7 +120,53 @@ def train_bpe(texts: Iterator[str], vocab_size: int, min_frequency: int = 2) -> 
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
-    return LladaTokenizer(tok, dict(DEFAULT_SPECIAL))
+    return LladaTokenizer(_with_single_tokens(tok, list(single_tokens), vocab_size), dict(DEFAULT_SPECIAL))
+
+
+def _joining_merges(tok: Tokenizer, words: list[str]) -> list[tuple[str, str]]:
+    """The merges that make each word one token, appended after the model's own (so they apply
+    only where no learned merge does: within exactly these words)."""
+    merges: list[tuple[str, str]] = []
+    for word in words:
+        pieces = tok.encode(word, add_special_tokens=False).tokens
+        if not pieces:
+            raise TokenizerError(f"single_tokens: {word!r} encodes to nothing")
+        if len(tok.pre_tokenizer.pre_tokenize_str(word)) != 1:
+            raise TokenizerError(f"single_tokens: {word!r} is not one word for the pre-tokenizer (a leading "
+                                 "space and letters, digits or punctuation: ' a', ' 9')")
+        for piece in pieces[1:]:
+            merge = (pieces[0], piece)
+            pieces[0] = pieces[0] + piece
+            if merge not in merges:
+                merges.append(merge)
+    return merges
+
+
+def _with_single_tokens(tok: Tokenizer, words: list[str], vocab_size: int) -> Tokenizer:
+    """`tok` plus the merges joining `words`; where the vocabulary is full, its last (least frequent)
+    learned merges give way to them. Trimming can split a word further: the count is found by iterating."""
+    spec = json.loads(tok.to_str())
+    model = spec["model"]
+    learned, first_id = model["merges"], len(model["vocab"]) - len(model["merges"])
+    room = vocab_size - len(model["vocab"])
+    keep = len(learned)
+    while True:
+        trimmed = _bpe_with(spec, learned[:keep], first_id)
+        joining = _joining_merges(trimmed, words)
+        if keep + len(joining) <= len(learned) + room:
+            break
+        keep = len(learned) + room - len(joining)
+    if not joining:
+        return tok
+    merges = [list(m) for m in learned[:keep]] + [list(m) for m in joining]
+    return _bpe_with(spec, merges, first_id)
+
+
+def _bpe_with(spec: dict, merges: list, first_id: int) -> Tokenizer:
+    """The BPE of `spec` with these merges: merge i makes token id first_id + i."""
+    vocab = {t: i for t, i in spec["model"]["vocab"].items() if i < first_id}
+    vocab |= {a + b: first_id + i for i, (a, b) in enumerate(merges)}
+    return Tokenizer.from_str(json.dumps(spec | {"model": spec["model"] | {"vocab": vocab, "merges": merges}}))
 
 
 def _token_content(value) -> str | None:
