@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from llada_core import storage
 from llada_core.config import ConfigError, format_validation_error, load_config
+from llada_core.data import synthetic
 from llada_core.data.sources import STDLIB
 from llada_core.objectives.sft import ResponseConfig
 from llada_core.trainer.config import LaunchConfig, TrainingConfig, TrainingSettings
@@ -98,6 +99,8 @@ def build_nodes(cfg: RecipeConfig) -> list[Node]:
         nodes.append(Node("make_tasks", S + "make_tasks", {"out": "${out}", "seed": cfg.seed, **_dump(ins.tasks)}))
     hf = _where(cfg.base.hf_checkpoint)
     tokenizer = _dump(cfg.data.tokenizer) | {"path": _where(cfg.data.tokenizer.path)}
+    if cfg.data.tokenizer.train and not (ins.sft_input and ins.dpo_input):  # the built-in tasks' symbols stay whole
+        tokenizer["single_tokens"] = sorted({*cfg.data.tokenizer.single_tokens, *synthetic.SYMBOLS})
     if hf:  # the imported model's own tokenizer
         tokenizer = {"path": hf, "add_mask_token": cfg.data.tokenizer.add_mask_token}
     nodes.append(Node("prepare_pretrain", S + "prepare_pretrain", {

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import json
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from llada_core import storage
 from llada_core.config import StrictModel
-from llada_core.data.synthetic import ITEMS
+from llada_core.data.synthetic import ITEMS, check_drawable
 from llada_core.objectives.sft import ResponseConfig
 from llada_core.trainer.config import LaunchConfig, TrainingConfig
 from pipelines.dag import Stage
@@ -24,12 +24,10 @@ class TaskSetSettings(StrictModel):
     eval_fraction: float = Field(0.1, gt=0, lt=1)
     items: tuple[int, int] = ITEMS  # answer length range (symbols), inclusive
 
-    @field_validator("items")
-    @classmethod
-    def _range(cls, v):
-        if not 1 <= v[0] <= v[1]:
-            raise ValueError(f"{list(v)} is not a range of answer lengths (1 <= min <= max)")
-        return v
+    @model_validator(mode="after")
+    def _drawable(self):
+        check_drawable(self.n, self.items)
+        return self
 
 
 class MakeTasksConfig(TaskSetSettings):

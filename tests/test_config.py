@@ -147,6 +147,24 @@ def test_recipe_wires_mask_noise_over_the_whole_cpt_and_dpos_pairs_into_eval():
     assert carried["sft"]["training"]["objective"]["eos_tail"] is True
 
 
+def test_a_trained_tokenizer_keeps_the_built_in_tasks_symbols_whole(tmp_path):
+    from llada_core.data.synthetic import SYMBOLS
+    from llada_recipe.build import build_nodes
+
+    def tokenizer(*over):
+        nodes = {n.name: n.config for n in build_nodes(load_recipe("tiny-cpu", list(over)))}
+        return nodes["prepare_pretrain"]["tokenizer"]
+
+    assert tokenizer()["single_tokens"] == sorted(SYMBOLS) and " 9" in SYMBOLS
+    assert tokenizer("data.tokenizer.single_tokens=[' Ok']")["single_tokens"] == sorted({*SYMBOLS, " Ok"})
+    user = tmp_path / "sft.jsonl"
+    user.write_text("{}\n")
+    # the user's own instruction data: no built-in tasks, nothing added
+    assert tokenizer(f"instruct.sft_input={user}", f"instruct.dpo_input={user}")["single_tokens"] == []
+    with pytest.raises(ConfigError, match="single_tokens.*only a trained tokenizer"):
+        load_recipe("tiny-cpu", [f"data.tokenizer={{path: {user}, single_tokens: [' 9']}}"])
+
+
 def test_start_at_a_finetune_stage_skips_cpt_and_starts_from_the_imported_model(tmp_path):
     from llada_recipe.build import build_nodes
 

@@ -1,22 +1,31 @@
 """Small verifiable instruction tasks for the embedded demo: SFT examples, DPO pairs, eval sets.
 
-Each prompt is a task name and 8-16 space-separated symbols (single tokens for a byte-level BPE;
-answers keep the leading space, so a symbol is the same token in prompt and answer); the answer has
-as many symbols, computed from them. Two kinds, so that decoding in parallel has something to show
-and a limit to hit:
+Each prompt is a task name and ITEMS space-separated symbols; the answer has as many symbols,
+computed from them. Every symbol, with its leading space, is one token: `SYMBOLS` is what the
+recipe asks the tokenizer to keep whole (a byte-level BPE on the stdlib left " 9" in two pieces),
+so symbol i of the answer sits a fixed distance after symbol i of the prompt. Two kinds, so that
+decoding in parallel has something to show and a limit to hit:
 
-- independent positions: every answer symbol is a function of ONE prompt symbol, known without the
-  rest of the answer (`uppercase`: a lookup; `reverse`: a copy from the mirrored position). A
-  denoiser can be sure of all of them at once: these are the tasks many tokens per forward are for.
+- independent positions: every answer symbol is a function of ONE prompt symbol, the one at the
+  same index (`uppercase`: a -> A; `next`: the next letter, z -> a). A denoiser can be sure of all
+  of them at once: these are the tasks many tokens per forward are for.
 - dependent positions: answer symbol i follows from symbol i - 1 of the answer and prompt symbol i
-  (`parity`: running XOR of bits; `running_sum`: running sum of digits mod 10). Left to right each
-  step is a small table; in parallel a position is only determined once the one before it is, so a
-  calibrated model cannot pass a high threshold for many positions at once.
+  (`parity`: running XOR of bits; `running_sum`: running sum of bits mod 10, i.e. the ones counted
+  so far). Left to right each step is a small table; in parallel a position is only determined once
+  the one before it is, so a calibrated model cannot pass a high threshold for many positions at once.
 
-Every task has one exactly checkable answer and a plausible wrong one (two adjacent symbols swapped
-for `reverse`, otherwise one symbol wrong), the DPO `rejected` response. Generation is deterministic
-in the seed; the split is a hash of the prompt, so no prompt is in two splits. Copying the input is
-never right (checked at generation).
+Why these (measured: SFT from scratch, 1,200 steps of 8 examples, exact match on held-out prompts):
+with RoPE alone a position finds its source by a relative offset. At a fixed answer length every
+source is a fixed offset back (prompt symbol i is n + 2 tokens before answer symbol i), which the
+4-layer tiny model learned in ~600 steps (uppercase, next: 1.00). At 8-16 symbols that offset
+depends on the count, and for `reverse` (source 2i + 3 back) on the position: per-symbol accuracy
+stayed at 0.03. A running sum of digits gives no signal from either input alone (like XOR): 0.20
+per symbol (chance 0.11). Over bits the previous sum alone narrows the answer to two values, and it
+was learned (0.78 / 0.90 in two runs), as was parity (0.89 / 1.00 in two runs, 0.00 in a third).
+
+Every task has one exactly checkable answer and a plausible wrong one (one symbol changed), the DPO
+`rejected` response. Generation is deterministic in the seed; the split is a hash of the prompt,
+so no prompt is in two splits. Copying the input is never right (checked at generation).
 """
 
 from __future__ import annotations
@@ -26,51 +35,70 @@ import json
 import random
 import string
 from collections.abc import Callable
-from itertools import accumulate
+from dataclasses import dataclass
+from itertools import accumulate, product
 from pathlib import Path
 
-ITEMS = (8, 16)  # answer length range, inclusive
-LETTERS, DIGITS = string.ascii_lowercase, string.digits
+ITEMS = (10, 10)  # answer length range, inclusive (fixed by default, see above; 10: prompt + answer fit one block of 32)
+LETTERS, DIGITS, BITS = string.ascii_lowercase, string.digits, "01"
+
+
+@dataclass(frozen=True)
+class Task:
+    head: str  # the prompt starts "<head>: "
+    symbols: str  # the prompt's alphabet
+    answers: str  # the answer's alphabet
+    rule: Callable[[list[str]], list[str]]
+    independent: bool  # answer symbol i depends on prompt symbol i alone
 
 
 def _running(op: Callable[[int, int], int]) -> Callable[[list[str]], list[str]]:
     return lambda xs: [str(v) for v in accumulate((int(x) for x in xs), op)]
 
 
-# name -> (prompt head, alphabet of the prompt symbols, the answer from the symbols, positions independent)
-RULES: dict[str, tuple[str, str, Callable[[list[str]], list[str]], bool]] = {
-    "uppercase": ("Uppercase", LETTERS, lambda xs: [x.upper() for x in xs], True),
-    "reverse": ("Reverse", LETTERS + DIGITS, lambda xs: xs[::-1], True),
-    "parity": ("Parity", "01", _running(lambda a, b: a ^ b), False),
-    "running_sum": ("Running sum", DIGITS, _running(lambda a, b: (a + b) % 10), False),
+RULES: dict[str, Task] = {
+    "uppercase": Task("Uppercase", LETTERS, LETTERS.upper(), lambda xs: [x.upper() for x in xs], True),
+    "next": Task("Next", LETTERS, LETTERS, lambda xs: [LETTERS[(LETTERS.index(x) + 1) % 26] for x in xs], True),
+    "parity": Task("Parity", BITS, BITS, _running(lambda a, b: a ^ b), False),
+    "running_sum": Task("Running sum", BITS, DIGITS, _running(lambda a, b: (a + b) % 10), False),
 }
-TASKS = {name: head for name, (head, *_) in RULES.items()}
-INDEPENDENT = frozenset(name for name, rule in RULES.items() if rule[3])
-_BY_HEAD = {head: rule for head, *rule in RULES.values()}
+TASKS = {name: t.head for name, t in RULES.items()}
+INDEPENDENT = frozenset(name for name, t in RULES.items() if t.independent)
+SYMBOLS = tuple(sorted({" " + c for t in RULES.values() for c in t.symbols + t.answers}))
+_BY_HEAD = {t.head: t for t in RULES.values()}
 
 
-def _wrong(name: str, good: list[str], rng: random.Random) -> list[str] | None:
-    if name == "reverse":
-        spots = [i for i in range(len(good) - 1) if good[i] != good[i + 1]]
-        if not spots:
-            return None
-        i = rng.choice(spots)
-        return good[:i] + [good[i + 1], good[i]] + good[i + 2 :]
-    alphabet = {"uppercase": LETTERS.upper(), "parity": "01", "running_sum": DIGITS}[name]
+def _wrong(task: Task, good: list[str], rng: random.Random) -> list[str]:
     i = rng.randrange(len(good))
-    return good[:i] + [rng.choice([a for a in alphabet if a != good[i]])] + good[i + 1 :]
+    return good[:i] + [rng.choice([a for a in task.answers if a != good[i]])] + good[i + 1 :]
 
 
 def _draw(name: str, rng: random.Random, items: tuple[int, int]) -> tuple[str, str, str] | None:
-    head, alphabet, rule, _ = RULES[name]
-    xs = [rng.choice(alphabet) for _ in range(rng.randint(*items))]
-    good = rule(xs)
+    task = RULES[name]
+    xs = [rng.choice(task.symbols) for _ in range(rng.randint(*items))]
+    good = task.rule(xs)
     if good == xs:  # echoing the input would be right: not a useful problem
         return None
-    bad = _wrong(name, good, rng)
-    if bad is None or bad == good:
-        return None
-    return f"{head}: {' '.join(xs)}", " " + " ".join(good), " " + " ".join(bad)
+    return f"{task.head}: {' '.join(xs)}", " " + " ".join(good), " " + " ".join(_wrong(task, good, rng))
+
+
+def check_drawable(n: int, items: tuple[int, int]) -> None:
+    """ValueError unless `generate` can draw n distinct problems at these lengths: the tasks take
+    turns, so the task with the fewest distinct prompts decides (2**10 for bits at 10 symbols)."""
+    if not 1 <= items[0] <= items[1]:
+        raise ValueError(f"items: {list(items)} is not a range of answer lengths (1 <= min <= max)")
+    fewest, task = min((_distinct(t, items), name) for name, t in RULES.items())
+    if n > fewest * len(RULES):
+        raise ValueError(f"n: {n} distinct problems, but at {items[0]}-{items[1]} symbols `{task}` has only "
+                         f"{fewest} distinct prompts and the tasks take turns: at most {fewest * len(RULES)}")
+
+
+def _distinct(task: Task, items: tuple[int, int]) -> int:
+    count = sum(len(task.symbols) ** k for k in range(items[0], items[1] + 1))
+    if count > 1 << 16:  # the few prompts whose answer echoes them do not matter here
+        return count
+    return sum(task.rule(list(xs)) != list(xs) for k in range(items[0], items[1] + 1)
+               for xs in product(task.symbols, repeat=k))
 
 
 def check_answer(prompt: str, answer: str) -> bool:
@@ -78,7 +106,7 @@ def check_answer(prompt: str, answer: str) -> bool:
     head, _, body = prompt.partition(": ")
     if head not in _BY_HEAD:
         raise ValueError(f"unknown task prompt: {prompt!r}")
-    return answer.strip().split(" ") == _BY_HEAD[head][1](body.split(" "))
+    return answer.strip().split(" ") == _BY_HEAD[head].rule(body.split(" "))
 
 
 def _split_of(prompt: str, seed: int, eval_fraction: float) -> str:
@@ -89,8 +117,7 @@ def _split_of(prompt: str, seed: int, eval_fraction: float) -> str:
 def generate(n: int, seed: int = 0, eval_fraction: float = 0.1,
              items: tuple[int, int] = ITEMS) -> dict[str, list[dict]]:
     """n distinct problems, round-robin over TASKS, split into train/eval by prompt hash."""
-    if not 1 <= items[0] <= items[1]:
-        raise ValueError(f"items: {items} is not a range of answer lengths (min <= max, both >= 1)")
+    check_drawable(n, items)
     rng = random.Random(seed)
     names = sorted(TASKS)
     seen: set[str] = set()
