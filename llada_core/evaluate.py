@@ -6,7 +6,7 @@
   verifiable tasks, with TPF (tokens per forward pass) and decode tokens/s, overall and per task;
   the same with one token per forward left to right (the AR-style baseline on the same model);
 - preference accuracy: share of held-out pairs whose policy ELBO prefers chosen over rejected, with
-  DPO's own noise band and EOS tail.
+  DPO's own noise band and EOS tail, each ELBO over a complementary pair of draws.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from llada_core.model.build import LladaModel
 from llada_core.objectives.block_diffusion import block_diffusion_loss
 from llada_core.objectives.common import row_noise, sample_generator
 from llada_core.objectives.dpo import elbo
-from llada_core.objectives.sft import ResponseConfig, pad_examples
+from llada_core.objectives.sft import ResponseConfig, complementary, pad_examples
 from llada_core.parallel.layout import ParallelLayout
 from llada_core.parallel.setup import init_single_process
 from llada_core.sampler import generate_batch
@@ -112,13 +112,16 @@ def task_accuracy(model, tok, tasks_jsonl: str, n: int = 100, threshold: float =
 @torch.no_grad()
 def preference_accuracy(model, dataset: str, pairs: ResponseConfig, split: str = "val", max_rows: int = 64,
                         seed: int = 0) -> float:
-    """Share of pairs with ELBO(chosen) > ELBO(rejected), one shared noise draw per pair, with the
-    block, mask-ratio band and EOS tail DPO trains with (`pairs`)."""
+    """Share of pairs whose ELBO prefers chosen over rejected (a tie counts half), with the block,
+    mask-ratio band and EOS tail DPO trains with (`pairs`). Each ELBO is estimated over a complementary
+    pair of draws (a mask and its inverse over the response, as SFT trains: every response token masked
+    exactly once), shared by chosen and rejected. With one draw, whether the draw masked the symbol the
+    two responses differ in decided most pairs, and near-perfect models all scored alike."""
     manifest = read_manifest(dataset)
     special = {k: v["id"] for k, v in manifest["tokenizer"]["special_tokens"].items()}
     tail = {"eos_id": special["eos"]} if pairs.eos_tail else {"mask_id": special["mask"]}
     rows = read_split(dataset, split).slice(0, max_rows).to_pylist()
-    wins = 0
+    wins = 0.0
     for i, r in enumerate(rows):
         g = sample_generator(seed, i)
         state = g.get_state()
@@ -126,7 +129,7 @@ def preference_accuracy(model, dataset: str, pairs: ResponseConfig, split: str =
         for key in ("chosen_ids", "rejected_ids"):
             b = pad_examples([(r[key], r["prompt_len"])], pairs.block_size, special["pad"], **tail)
             g.set_state(state)
-            noise = row_noise(b.response, [g], pairs.alpha_min, pairs.alpha_max)
-            elbos.append(elbo(model, b, noise, pairs.block_size, special["mask"]).item())
-        wins += int(elbos[0] > elbos[1])
+            both, noise = complementary(b, row_noise(b.response, [g], pairs.alpha_min, pairs.alpha_max))
+            elbos.append(elbo(model, both, noise, pairs.block_size, special["mask"]).sum().item())
+        wins += 1.0 if elbos[0] > elbos[1] else 0.5 if elbos[0] == elbos[1] else 0.0
     return wins / max(len(rows), 1)
