@@ -39,7 +39,8 @@ from dataclasses import dataclass
 from itertools import accumulate, product
 from pathlib import Path
 
-ITEMS = (10, 10)  # answer length range, inclusive (fixed by default, see above; 10: prompt + answer fit one block of 32)
+# answer length range, inclusive (fixed by default, see above; 10: prompt + answer fit one block of 32)
+ITEMS = (10, 10)
 LETTERS, DIGITS, BITS = string.ascii_lowercase, string.digits, "01"
 
 
