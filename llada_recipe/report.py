@@ -168,7 +168,7 @@ def _plot_post(data: dict, path: Path) -> None:
                 a2.annotate(mode.removeprefix("edit_"), (r[mode]["tpf"], r[mode]["accuracy"]), fontsize=7)
     a2.set_xlabel("TPF (tokens per forward pass)")
     a2.set_ylabel("exact-match accuracy")
-    a2.set_title("threshold sweep (squares: one token per forward; triangles: token editing)")
+    a2.set_title("threshold sweep\n(squares: one token per forward; triangles: token editing)", fontsize=10)
     a2.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)

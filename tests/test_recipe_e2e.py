@@ -3,9 +3,13 @@ warm-up / stable / decay -> top-k merge -> SFT -> CAP -> DPO -> eval -> HF expor
 evaluated (parallel decoder and one token per forward, per task), the report with its claims and
 the lineage of the exported model are complete.
 
-The test that asserted the SFT claim from a real 600-step SFT run was removed with the 8-16-symbol
-task set: the recipe does not reach the claim at this budget (`make demo`: SFT exact match 0.000, see
-the README), and a test must not assert what the recipe does not do, nor lower its bar until it passes.
+Everything up to SFT runs with the recipe's own settings (AR base, CPT, merge, SFT 800 steps of 16
+on the recipe's 4,000 tasks): only CAP and DPO are shortened, and the eval decodes 100 of the
+held-out prompts instead of all. The test asserts the two claims the demo shows: SFT exact match
+>= 0.9 and parallel decoding's TPF / accuracy / tokens/s against one token per forward. With the
+base and CPT cut to a few steps, the same SFT reached 0.830 (parallel claim shown: TPF 11.00 vs 1.00,
+10.9x), so the upstream stays as the recipe has it. CAP's and DPO's goals are not reached by the
+recipe (README, "What make demo shows") and are only checked to be reported with their numbers.
 """
 
 import json
@@ -20,11 +24,9 @@ from pipelines.run_store import RunStore
 
 pytestmark = pytest.mark.slow
 
+N_EVAL = 100
 SHORT = [
-    "base.steps=4", "schedule.warmup_tokens_per_block=4096", "schedule.stable_tokens=4096",
-    "schedule.decay_tokens_per_block=4096", "schedule.lr_warmup_tokens=0", "cpt.candidates_every=2",
-    "sft.steps=4", "cap.steps=2", "dpo.steps=2", "eval.n_tasks=4", "eval.max_rows=8", "eval.sweep=[]",
-    "instruct.tasks.n=1200",
+    "cap.steps=2", "dpo.steps=2", f"eval.n_tasks={N_EVAL}", "eval.max_rows=8", "eval.sweep=[]",
 ]
 
 
@@ -33,8 +35,8 @@ def workdir(tmp_path_factory):
     return tmp_path_factory.mktemp("recipe")
 
 
-# 476-588 s on 2 cores (CI: 600.3 s at 10629b9, over pytest-timeout's 600 s default)
-@pytest.mark.timeout(1500)
+# ~750 s on 2 cores (the shortened upstream: 416 s; CI's host has run up to ~1.6x slower)
+@pytest.mark.timeout(2400)
 def test_tiny_recipe_end_to_end(workdir, tmp_path, capsys):
     run_id, store_root, records = llada_recipe.start("tiny-cpu", SHORT + [f"workdir={workdir}"], say=lambda m: None)
     assert {r["state"] for r in records.values()} == {"SUCCEEDED"}, {k: r.get("error") for k, r in records.items()}
@@ -44,16 +46,17 @@ def test_tiny_recipe_end_to_end(workdir, tmp_path, capsys):
     assert set(results) == {"base", "cpt_warmup", "cpt_stable", "cpt_decay", "merged", "sft", "cap", "dpo"}
     assert all(0 < r["elbo_ppl"] < float("inf") for r in results.values())
     assert {k for k, r in results.items() if "tasks" in r} == {"merged", "sft", "cap", "dpo"}
-    assert all(0 <= results[k]["tasks"]["accuracy"] <= 1 and results[k]["tasks"]["n"] == 4
+    assert all(0 <= results[k]["tasks"]["accuracy"] <= 1 and results[k]["tasks"]["n"] == N_EVAL
                for k in ("sft", "cap", "dpo"))
     for k in ("merged", "sft", "cap", "dpo"):  # both decoders, per task, on the same held-out prompts
         par, one = results[k]["tasks"], results[k]["one_token"]
-        assert set(par["per_task"]) == set(one["per_task"]) and sum(t["n"] for t in par["per_task"].values()) == 4
+        assert set(par["per_task"]) == set(one["per_task"]) and sum(t["n"] for t in par["per_task"].values()) == N_EVAL
         assert one["left_to_right"] and one["tpf"] <= 1.0
     found = claims(results)
-    independent = bool(INDEPENDENT & set(results["sft"]["tasks"]["per_task"]))
-    assert [c["claim"].split()[0] for c in found] == ["SFT"] + ["Parallel"] * independent + ["CAP", "DPO"]
+    assert INDEPENDENT <= set(results["sft"]["tasks"]["per_task"])
+    assert [c["claim"].split()[0] for c in found] == ["SFT", "Parallel", "CAP", "DPO"]
     assert all(c["numbers"] for c in found)
+    assert found[0]["shown"] and found[1]["shown"], found[:2]  # SFT >= 0.9; TPF >= 3 at <= 2 points, >= 2.5x
     assert (tmp_path / "report" / "report.md").read_text().count("|") > 20
     assert (tmp_path / "report" / "cpt_loss.png").stat().st_size > 1000
     doc = lineage(store, run_id, "export")
