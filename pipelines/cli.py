@@ -13,6 +13,7 @@ import sys
 import textwrap
 
 from llada_core.config import ConfigError, canonical_json, config_digest, load_config
+from llada_core.data.synthetic import ITEMS
 from llada_core.model.hf_formats import FORMATS
 
 EXIT_USAGE = 2
@@ -94,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--eval-fraction", type=float, help="share of problems held out for evaluation (default 0.1)")
     p.add_argument("--items", type=int, nargs=2, metavar=("MIN", "MAX"),
-                   help="answer length range in symbols, inclusive (default 8 16)")
+                   help=f"answer length range in symbols, inclusive (default {ITEMS[0]} {ITEMS[1]})")
     p.set_defaults(handler=_cmd_make_tasks)
 
     model = top.add_parser("model", help="import / export model checkpoints", description="Model checkpoints.")
