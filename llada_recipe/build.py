@@ -17,6 +17,7 @@ schedule's token axis, each phase a node that continues from the previous phase'
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from pydantic import ValidationError
@@ -25,6 +26,8 @@ from llada_core import storage
 from llada_core.config import ConfigError, format_validation_error, load_config
 from llada_core.data import synthetic
 from llada_core.data.sources import STDLIB
+from llada_core.model.config import pad_vocab
+from llada_core.model.hf_formats import get_format
 from llada_core.objectives.sft import ResponseConfig
 from llada_core.trainer.config import LaunchConfig, TrainingConfig, TrainingSettings
 from llada_recipe.config import RecipeConfig, recipe_path
@@ -115,6 +118,7 @@ def build_nodes(cfg: RecipeConfig) -> list[Node]:
 
     if hf:
         nodes.append(Node("base", S + "import_hf", {"hf_dir": hf, "out": "${out}", "export_format": cfg.export.format,
+                                                    "relocate_mask": cfg.export.relocate_mask,
                                                     "add_mask_token": cfg.data.tokenizer.add_mask_token}))
     else:  # block size 1 is AR: the base is an AR model of the same architecture
         t = cfg.training
@@ -169,7 +173,7 @@ def build_nodes(cfg: RecipeConfig) -> list[Node]:
         "decode_models": decoded if tasks else [],
         "sweep_models": list(finetune) if tasks else []}))
     nodes.append(Node("export", S + "export_hf", {
-        "checkpoint": previous, "out": "${out}", "format": cfg.export.format,
+        "checkpoint": previous, "out": "${out}", "format": cfg.export.format, "relocate_mask": cfg.export.relocate_mask,
         "decoding": {"block_length": cfg.eval.block_size, "threshold": cfg.eval.threshold}
         | ({"edit_modes": edit_modes} if cfg.token_editing else {})},
         registered_model=cfg.export.registered_model or f"llada-{cfg.name}"))
@@ -177,8 +181,12 @@ def build_nodes(cfg: RecipeConfig) -> list[Node]:
 
 
 def recipe_memory(cfg: RecipeConfig) -> HandoffMemory:
-    return handoff_memory(recipe_model(cfg), cfg.parallel, cfg.seq_len,
-                          checkpoint_width(cfg), cfg.merge.k)
+    memory = handoff_memory(recipe_model(cfg), cfg.parallel, cfg.seq_len, checkpoint_width(cfg), cfg.merge.k)
+    if not cfg.export.relocate_mask:
+        return memory
+    # the relocated export holds a matrix grown to the server's [MASK] id, and its bytes as written
+    grown = pad_vocab(get_format(cfg.export.format).mask_id + 1) * recipe_model(cfg).hidden_size
+    return dataclasses.replace(memory, export=memory.export + 2 * grown * checkpoint_width(cfg))
 
 
 def load(recipe: str, overrides: list[str] = ()) -> tuple:

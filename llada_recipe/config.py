@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from llada_core.config import StrictModel, load_config, named_yaml
+from llada_core.config import ConfigError, StrictModel, load_config, named_yaml
 from llada_core.model.hf_formats import get_format
 from llada_core.objectives.block_diffusion import CPTConfig
 from llada_core.objectives.cap import CAPConfig
@@ -86,6 +86,9 @@ class Export(StrictModel):
     export is a new version of `registered_model` in the MLflow Model Registry."""
 
     format: str | None = None
+    # llada2 / sdar for a tokenizer whose [MASK] is not the server's fixed id: the export grows the
+    # vocabulary and moves the [MASK] rows there (llada_core/model/mask_relocation.py)
+    relocate_mask: bool = False
     registered_model: str | None = None  # None: "llada-<recipe name>"
 
     @field_validator("format")
@@ -158,6 +161,34 @@ class RecipeConfig(StrictModel):
         if set_here:
             raise ValueError(f"{set_here[0]}.objective.edit: token editing is one switch for the whole recipe: "
                              "set token_editing instead")
+        return self
+
+    @model_validator(mode="after")
+    def _exportable(self):
+        """Known now rather than after training: the model fits the format, and a tokenizer the recipe
+        trains ([MASK] at id 3) has its [MASK] moved for a diffusion format (an imported tokenizer is
+        checked when the base is imported)."""
+        from llada_core.model.hf_config import CheckpointError
+        from llada_core.model.hf_formats import hf_config
+        from llada_recipe.memory import recipe_model
+
+        fmt = get_format(self.export.format) if self.export.format else None
+        try:
+            model = recipe_model(self) if fmt else None
+        except ConfigError:  # a bad preset or override: the node that builds the model names it
+            model = None
+        try:
+            if model:
+                hf_config(model, fmt)
+        except CheckpointError as exc:
+            raise ValueError(f"export.format: {exc}") from None
+        trained = self.data.tokenizer.train and not self.base.hf_checkpoint  # an import brings its own
+        if fmt and fmt.mask_id is not None and trained and not self.export.relocate_mask:
+            raise ValueError(f"export.relocate_mask: servers feed export.format={fmt.name} [MASK] = id {fmt.mask_id}, "
+                             "and the tokenizer this recipe trains has it at id 3: set export.relocate_mask: true")
+        if self.export.relocate_mask and not (fmt and fmt.mask_id is not None):
+            raise ValueError(f"export.relocate_mask: export.format={self.export.format} has no fixed [MASK] id "
+                             "(only llada2 / sdar)")
         return self
 
     @model_validator(mode="after")

@@ -57,6 +57,9 @@ def format_summary(result: dict) -> str:
         for c in report["claims"]:
             lines.append(f"  [{'shown' if c['shown'] else 'NOT shown'}] {c['claim']}: {c['numbers']}")
         lines += ["", f"report:  {report['report']}"]
+    export = result["records"].get("export", {}).get("outputs", {}).get("hf")
+    if export:  # the model a server loads (config.json names the architecture)
+        lines.append(f"export:  {export['uri']}")
     lines += [f"status:  llada status {result['run_id']} --store {result['store']}",
               f"lineage: llada lineage {result['run_id']} --store {result['store']}",
               f"MLflow:  mlflow ui --backend-store-uri {result['tracking_uri']}, then open "

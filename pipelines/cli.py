@@ -114,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "+ tokenizer)", [
         "llada model export-hf work/ckpt/dpo --out work/hf/llada-tiny",
         "llada model export-hf work/ckpt/dpo --out work/hf/llada2 --format llada2 --block-length 32 --threshold 0.95",
+        "llada model export-hf work/ckpt/dpo --out work/hf/llada2 --format llada2 --relocate-mask",
     ])
     p.add_argument("ckpt", help="checkpoint directory (from import-hf or training)")
     p.add_argument("--out", required=True, help="HF directory to create")
@@ -123,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block-length", type=int, help="decoding block for a diffusion format's generation config "
                                                     "(default: the server's, 32 for llada2, 4 for sdar)")
     p.add_argument("--threshold", type=float, default=0.95, help="confidence threshold for the generation config")
+    p.add_argument("--relocate-mask", action="store_true",
+                   help="for llada2 / sdar when the tokenizer's [MASK] is not the server's fixed id: grow the "
+                        "vocabulary to that id and move the [MASK] rows there (other tokens keep their ids; the "
+                        "emptied ids score what [MASK] scores; see llada_core/model/mask_relocation.py)")
     p.set_defaults(handler=_cmd_export_hf)
 
     cfg = top.add_parser("config", help="inspect recipe configs", description="Inspect recipe configs.")
@@ -204,9 +209,10 @@ def _cmd_export_hf(args) -> int:
     from stages.model_hf import export_hf
 
     decoding = {"block_length": args.block_length, "threshold": args.threshold}
-    hf_cfg = export_hf(args.ckpt, args.out, args.fmt, decoding)
-    print(json.dumps({"out": args.out, "format": hf_cfg["format"], "architecture": hf_cfg["architectures"][0],
-                      "model_type": hf_cfg["model_type"], "vocab_size": hf_cfg["vocab_size"]}, indent=2))
+    hf_cfg = export_hf(args.ckpt, args.out, args.fmt, decoding, relocate_mask=args.relocate_mask)
+    keys = ("format", "model_type", "vocab_size", "mask_token_id", "relocated_mask")
+    print(json.dumps({"out": args.out, "architecture": hf_cfg["architectures"][0]}
+                     | {k: hf_cfg[k] for k in keys if k in hf_cfg}, indent=2))
     return 0
 
 

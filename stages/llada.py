@@ -221,6 +221,7 @@ class ExportConfig(StrictModel):
     checkpoint: str
     out: str
     format: str | None = None  # llada_core.model.hf_formats; None: the AR layout of the model's family
+    relocate_mask: bool = False  # llada_core.model.mask_relocation
     decoding: dict = {}  # a diffusion format's generation config: block_length, threshold
     _format = field_validator("format")(_known_format)
 
@@ -230,7 +231,7 @@ def _export_hf(cfg: ExportConfig, ctx) -> dict:
 
     hf = storage.join(cfg.out, "hf")
     storage.delete(hf)
-    export_hf(cfg.checkpoint, hf, cfg.format, cfg.decoding)
+    export_hf(cfg.checkpoint, hf, cfg.format, cfg.decoding, relocate_mask=cfg.relocate_mask)
     return {"hf": hf}
 
 
@@ -239,6 +240,7 @@ class ImportConfig(StrictModel):
     out: str
     add_mask_token: str | None = None
     export_format: str | None = None  # the recipe's: its [MASK] id is checked here, before any training
+    relocate_mask: bool = False  # the recipe's export moves [MASK] (then that id must be free)
     _format = field_validator("export_format")(_known_format)
 
 
@@ -247,7 +249,8 @@ def _import_hf(cfg: ImportConfig, ctx) -> dict:
 
     out = storage.join(cfg.out, "checkpoint")
     storage.delete(out)
-    import_hf(cfg.hf_dir, out, add_mask_token=cfg.add_mask_token, export_format=cfg.export_format)
+    import_hf(cfg.hf_dir, out, add_mask_token=cfg.add_mask_token, export_format=cfg.export_format,
+              relocate_mask=cfg.relocate_mask)
     return {"checkpoint": out}
 
 

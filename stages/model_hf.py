@@ -19,6 +19,7 @@ from llada_core import storage
 from llada_core.checkpoint import SHARD_BYTES, CheckpointReader, save_checkpoint
 from llada_core.data.tokenizer import load_tokenizer
 from llada_core.model import hf_formats as formats
+from llada_core.model import mask_relocation as relocation
 from llada_core.model.config import pad_vocab
 from llada_core.model.hf_config import CheckpointError, from_hf_config, to_hf_config
 from llada_core.model.hf_io import P, hf_to_megatron, megatron_to_hf_stream
@@ -46,11 +47,13 @@ def _open_safetensors(path: Path, source: str) -> PartReader:
 
 
 def import_hf(hf_dir: str | Path, out: str | Path, add_mask_token: str | None = None,
-              dtype: torch.dtype | None = None, export_format: str | None = None) -> dict:
+              dtype: torch.dtype | None = None, export_format: str | None = None,
+              relocate_mask: bool = False) -> dict:
     """Streamed (one HF tensor and one output part in memory at a time), in the source's own dtype
     unless `dtype` is given (bf16 stays bf16: the training model casts on load). `export_format`: the
     format the trained model will be exported in, whose [MASK] id the tokenizer must already have
-    (checked before anything is written, so a run never trains a model it cannot export)."""
+    (checked before anything is written, so a run never trains a model it cannot export), or with
+    `relocate_mask` whose [MASK] id must be free."""
     source = str(hf_dir) if storage.is_s3(str(hf_dir)) else str(Path(hf_dir).resolve())
     try:
         hf_dir = storage.local_copy(hf_dir)  # an s3:// checkpoint is fetched into the node-local cache
@@ -64,13 +67,13 @@ def import_hf(hf_dir: str | Path, out: str | Path, add_mask_token: str | None = 
         raise CheckpointError(f"{source}/config.json: not valid JSON ({exc})") from None
     cfg = from_hf_config(hf_cfg)
     tok = load_tokenizer(hf_dir, add_mask_token=add_mask_token)
-    if export_format is not None:
-        formats.check_tokenizer(tok, formats.get_format(export_format))
     original = tok.vocab_size - len(tok.added_roles)
     if original > cfg.vocab_size:
         raise CheckpointError(f"vocab mismatch: the tokenizer has {original} tokens but "
                               f"config.json vocab_size={cfg.vocab_size}")
     grown = cfg.vocab_size if tok.vocab_size <= cfg.vocab_size else pad_vocab(tok.vocab_size)
+    if export_format is not None:
+        formats.check_tokenizer(tok, formats.get_format(export_format), relocate_mask, grown)
     new_cfg = cfg.model_copy(update={"vocab_size": grown})
 
     files = _safetensors_files(hf_dir)
@@ -114,11 +117,12 @@ def _write_hf_shards(tensors, directory: Path, max_bytes: int) -> list[str]:
 
 
 def export_hf(ckpt: str | Path, out: str | Path, fmt: str | None = None, decoding: dict | None = None,
-              max_shard_bytes: int = SHARD_BYTES) -> dict:
+              max_shard_bytes: int = SHARD_BYTES, relocate_mask: bool = False) -> dict:
     """Streamed: one of our tensors and one output part in memory at a time. `fmt` is a name in
     hf_formats.FORMATS (None: the AR layout of the model's family, Qwen where it fits, else Ling);
-    `decoding` (block_length, threshold, ...) goes into a diffusion format's generation config.
-    Everything is checked before the first byte is written."""
+    `decoding` (block_length, threshold, ...) goes into a diffusion format's generation config;
+    `relocate_mask`: a diffusion format's [MASK] id is made free by growing the vocabulary
+    (llada_core.model.mask_relocation). Everything is checked before the first byte is written."""
     out = str(out)
     if storage.artifact_exists(out):
         raise CheckpointError(f"{out} exists; refusing to overwrite")
@@ -128,10 +132,16 @@ def export_hf(ckpt: str | Path, out: str | Path, fmt: str | None = None, decodin
         hf_cfg = to_hf_config(cfg)
         fmt = "qwen" if hf_cfg["model_type"].startswith("qwen") else "ling"
     form = formats.get_format(fmt)
+    formats.hf_config(cfg, form)  # a model the format cannot express is named first
+    formats.check_tokenizer(tok, form, relocate_mask, cfg.vocab_size)
+    get, moved = reader.tensor, None
+    if relocate_mask and tok.id_of("mask") != form.mask_id:
+        moved = relocation.plan(tok, form, cfg.vocab_size)
+        tok, cfg = relocation.tokenizer(tok, moved), cfg.model_copy(update={"vocab_size": moved.vocab_size})
+        get = lambda name: relocation.rows(reader.tensor(name), moved) if name in GROWN else reader.tensor(name)  # noqa: E731
     hf_cfg = formats.hf_config(cfg, form) | formats.special_ids(tok)
-    formats.check_tokenizer(tok, form)
     with storage.output_dir(out, replace=False) as tmp:
-        tensors = megatron_to_hf_stream(reader.tensor, cfg, hf_cfg["model_type"])
+        tensors = megatron_to_hf_stream(get, cfg, hf_cfg["model_type"])
         if form.name == "llada2":  # the router's expert bias is kept in fp32 (as LLaDA2 checkpoints have it)
             tensors = ((n, t.float() if n.endswith(".expert_bias") else t) for n, t in tensors)
         _write_hf_shards(tensors, tmp, max_shard_bytes)
@@ -142,4 +152,5 @@ def export_hf(ckpt: str | Path, out: str | Path, fmt: str | None = None, decodin
         tok_cfg = tmp / "tokenizer_config.json"
         with_template = json.loads(tok_cfg.read_text()) | {"chat_template": formats.chat_template(tok)}
         tok_cfg.write_text(json.dumps(with_template, indent=2, sort_keys=True))
-    return hf_cfg | {"format": form.name}
+    return hf_cfg | {"format": form.name} | ({"relocated_mask": {
+        "from": moved.old_id, "to": moved.new_id, "rows_scored_like_mask": moved.scored_like_mask}} if moved else {})

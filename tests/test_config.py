@@ -173,7 +173,7 @@ def test_start_at_a_finetune_stage_skips_cpt_and_starts_from_the_imported_model(
 
     full = graph()
     assert {"cpt_warmup", "cpt_stable", "cpt_decay", "merge"} <= set(full)
-    assert full["export"].config["format"] is None
+    assert full["export"].config["format"] == "llada2" and full["export"].config["relocate_mask"]
     assert full["export"].config["decoding"] == {"block_length": 32, "threshold": 0.95}
     hf = tmp_path / "llada2-mini"
     for stage, trained in (("sft", ["sft", "cap", "dpo"]), ("cap", ["cap", "dpo"]), ("dpo", ["dpo"])):
@@ -193,6 +193,23 @@ def test_start_at_a_finetune_stage_skips_cpt_and_starts_from_the_imported_model(
         load_recipe("tiny-cpu", ["start_at=sft"])
     with pytest.raises(ConfigError, match="unknown export format 'gguf'"):
         load_recipe("tiny-cpu", ["export.format=gguf"])
+
+
+def test_a_diffusion_export_of_a_trained_tokenizer_needs_the_mask_moved_known_at_load(tmp_path):
+    from llada_recipe.build import build_nodes, recipe_memory
+
+    with pytest.raises(ConfigError, match=r"key 'export.relocate_mask': servers feed export.format=llada2 \[MASK\] "
+                                          r"= id 156895, and the tokenizer this recipe trains has it at id 3: set"):
+        load_recipe("tiny-cpu", ["export.relocate_mask=false"])
+    with pytest.raises(ConfigError, match="key 'export.format': router_score='sigmoid' is not expressible as Qwen3"):
+        load_recipe("tiny-cpu", ["export.format=sdar"])  # the tiny preset is Ling-shaped
+    with pytest.raises(ConfigError, match="key 'export.relocate_mask': export.format=ling has no fixed"):
+        load_recipe("tiny-cpu", ["export.format=ling"])
+    moved, ar = (load_recipe("tiny-cpu", o) for o in ([], ["export.format=ling", "export.relocate_mask=false"]))
+    # the relocated export holds the grown 156,928 x 128 fp32 matrix twice
+    assert recipe_memory(moved).export - recipe_memory(ar).export == 2 * 156928 * 128 * 4
+    imported = {n.name: n for n in build_nodes(load_recipe("tiny-cpu", [f"base.hf_checkpoint={tmp_path}"]))}
+    assert imported["base"].config["export_format"] == "llada2" and imported["base"].config["relocate_mask"]
 
 
 def test_token_editing_is_one_switch_for_cpt_sft_and_cap_and_the_eval_decodes_its_modes():

@@ -13,6 +13,7 @@ recipe (README, "What make demo shows") and are only checked to be reported with
 """
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -91,3 +92,28 @@ def test_tiny_recipe_end_to_end(workdir, tmp_path, capsys):
     assert set(via_registry["nodes"]) == set(doc["nodes"])
     assert {n: r["config_hash"] for n, r in via_registry["nodes"].items()} == {
         n: r["config_hash"] for n, r in doc["nodes"].items()}
+
+    # the final model as SGLang serves a diffusion LM (LLaDA2MoeModelLM, [MASK] moved from id 3 to
+    # 156895): the server's default decoder answers the same on the export as on the DPO checkpoint
+    from transformers import PreTrainedTokenizerFast
+
+    from llada_core.data.chat import encode_prompt
+    from llada_core.evaluate import _read_jsonl, load_model
+    from llada_core.server_decode import low_confidence_decode
+    from stages.model_hf import import_hf
+
+    hf = records["export"]["outputs"]["hf"]["uri"]
+    config = json.loads((Path(hf) / "config.json").read_text())
+    assert config["architectures"] == ["LLaDA2MoeModelLM"] and config["mask_token_id"] == 156895
+    served_tok = PreTrainedTokenizerFast(tokenizer_file=str(Path(hf) / "tokenizer.json"))
+    assert served_tok.convert_tokens_to_ids("<|mask|>") == 156895
+    import_hf(hf, tmp_path / "served")
+    prompts = [[{"role": "user", "content": r["prompt"]}]
+               for r in _read_jsonl(f"{records['make_tasks']['outputs']['tasks']['uri']}/sft_eval.jsonl", 20)]
+    answers = {}
+    for label, ckpt in (("dpo", records["dpo"]["outputs"]["checkpoint"]["uri"]), ("export", tmp_path / "served")):
+        model, tok = load_model(str(ckpt))
+        stops = {tok.id_of("eot"), tok.id_of("eos")}
+        answers[label] = [low_confidence_decode(model, encode_prompt(tok, p), mask_id=tok.id_of("mask"),
+                                                stop_ids=stops, max_new_tokens=32).tokens for p in prompts]
+    assert answers["export"] == answers["dpo"]

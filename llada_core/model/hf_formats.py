@@ -2,9 +2,10 @@
 
 Diffusion-LM servers recognise a model by config.json `architectures[0]` and fix its [MASK] id per
 architecture (SGLang: a server flag may change the block size, never the mask id), so a diffusion
-format is only writable for a model whose tokenizer already has [MASK] at that id: the vocabulary
-rows are the model, and moving one would change every logit's softmax (the emptied rows would
-score 0, not -inf). Facts from the "Serving formats" section of the recipe note.
+format is writable for a model whose tokenizer has [MASK] at that id, or (`--relocate-mask`) whose
+vocabulary leaves that id free: llada_core.model.mask_relocation moves the [MASK] rows there, which
+changes the softmax a server's threshold reads by a measured factor. Facts from the "Serving
+formats" section of the recipe note.
 
   llada2  LLaDA2MoeModelLM, model_type llada2_moe: BailingMoeV2's fields and tensor names, [MASK] 156895
   sdar    SDARForCausalLM / SDARMoeForCausalLM, model_type sdar / sdar_moe: Qwen3's, [MASK] 151669
@@ -65,15 +66,24 @@ def hf_config(cfg: ModelConfig, fmt: Format) -> dict:
                    "architectures": ["SDARMoeForCausalLM" if moe else "SDARForCausalLM"]}
 
 
-def check_tokenizer(tok: LladaTokenizer, fmt: Format) -> None:
-    """Before anything is written: the mask id the server will feed must be this model's [MASK]."""
+def check_tokenizer(tok: LladaTokenizer, fmt: Format, relocate: bool = False, model_vocab: int = 0) -> None:
+    """Before anything is written: the mask id the server will feed must be this model's [MASK], or
+    (`relocate`) free for it to move there (llada_core.model.mask_relocation)."""
+    if relocate and fmt.mask_id is None:
+        raise CheckpointError(f"--relocate-mask: --format {fmt.name} is an AR layout, with no fixed [MASK] id")
     if fmt.mask_id is None or tok.id_of("mask") == fmt.mask_id:
+        return
+    if relocate:
+        from llada_core.model.mask_relocation import plan
+
+        plan(tok, fmt, model_vocab)  # raises, naming the id, when the vocabulary already uses it
         return
     raise CheckpointError(
         f"tokenizer: the mask token {tok.special['mask']!r} is id {tok.id_of('mask')}, but servers load "
-        f"--format {fmt.name} with [MASK] = id {fmt.mask_id} (fixed per architecture). Train from a tokenizer "
-        f"that has it there (the format's own: import-hf a released {fmt.name} checkpoint and start from it), "
-        "or export an AR layout (--format qwen / ling)")
+        f"--format {fmt.name} with [MASK] = id {fmt.mask_id} (fixed per architecture). Export with "
+        "--relocate-mask (recipe: export.relocate_mask: true) to grow the vocabulary so that id is [MASK], "
+        f"train from a tokenizer that has it there (the format's own: import-hf a released {fmt.name} "
+        "checkpoint and start from it), or export an AR layout (--format qwen / ling)")
 
 
 def special_ids(tok: LladaTokenizer) -> dict:
