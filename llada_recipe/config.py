@@ -166,15 +166,17 @@ class RecipeConfig(StrictModel):
     @model_validator(mode="after")
     def _exportable(self):
         """Known now rather than after training: the model fits the format, and a tokenizer the recipe
-        trains ([MASK] at id 3) has its [MASK] moved for a diffusion format (an imported tokenizer is
-        checked when the base is imported)."""
+        trains ([MASK] at id 3) has its [MASK] moved for a diffusion format (an imported model and
+        tokenizer are checked again when the base is imported)."""
         from llada_core.model.hf_config import CheckpointError
         from llada_core.model.hf_formats import hf_config
         from llada_recipe.memory import recipe_model
 
         fmt = get_format(self.export.format) if self.export.format else None
+        hf = self.base.hf_checkpoint
+        known = not hf or Path(hf, "config.json").is_file()  # an s3:// base is checked when it is imported
         try:
-            model = recipe_model(self) if fmt else None
+            model = recipe_model(self) if fmt and known else None
         except ConfigError:  # a bad preset or override: the node that builds the model names it
             model = None
         try:

@@ -170,6 +170,7 @@ class Executor:
                 name = f"{up}.{output}"
                 self.tracker.log_dataset(mlflow_run, name, uris[f"${{{name}}}"], digests[name], context=output)
         attempts = rec.get("attempts", 0) + 1
+        models.abandon(self.tracker, rec.get("models", {}))
         rec["models"] = models.start(self.tracker, node.name, stage.models, mlflow_run, params,
                                      {"llada.run_id": self.run_id, "llada.node": node.name, "llada.cache_key": key})
         rec |= {"state": "RUNNING", "attempts": attempts, "started": now(), "ended": None, "error": None,

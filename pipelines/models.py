@@ -34,6 +34,14 @@ def start(tracker: Tracker, node: str, outputs: tuple[str, ...], run: str, param
     return ids
 
 
+def abandon(tracker: Tracker, ids: dict[str, str]) -> None:
+    """FAILED for the models of an attempt that never finished (its driver was killed): those still
+    PENDING, when the node runs again; a READY one (a finished attempt re-run by force) stays READY."""
+    for model_id in ids.values():
+        if tracker.client.get_logged_model(model_id).status == LoggedModelStatus.PENDING:
+            tracker.client.finalize_logged_model(model_id, LoggedModelStatus.FAILED)
+
+
 def finish(tracker: Tracker, ids: dict[str, str], run: str, outputs: dict[str, dict] | None) -> None:
     """READY with the output's URI and digest, linked to the run as its output; FAILED when `outputs`
     is None (the node failed)."""

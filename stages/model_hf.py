@@ -72,7 +72,8 @@ def import_hf(hf_dir: str | Path, out: str | Path, add_mask_token: str | None = 
         raise CheckpointError(f"vocab mismatch: the tokenizer has {original} tokens but "
                               f"config.json vocab_size={cfg.vocab_size}")
     grown = cfg.vocab_size if tok.vocab_size <= cfg.vocab_size else pad_vocab(tok.vocab_size)
-    if export_format is not None:
+    if export_format is not None:  # the model and its [MASK] as the format needs them, before any training
+        formats.hf_config(cfg, formats.get_format(export_format))
         formats.check_tokenizer(tok, formats.get_format(export_format), relocate_mask, grown)
     new_cfg = cfg.model_copy(update={"vocab_size": grown})
 

@@ -173,6 +173,8 @@ def test_what_a_format_cannot_hold_is_one_error_and_nothing_written(tmp_path, ca
     export_hf(tmp_path / "dense", tmp_path / "hf", "qwen")  # an HF dir whose [MASK] is LLaDA2's id
     with pytest.raises(CheckpointError, match=r"is id 156895, but servers load --format sdar"):
         import_hf(tmp_path / "hf", tmp_path / "out", export_format="sdar")  # a recipe's base: before training
+    with pytest.raises(CheckpointError, match="num_experts=0: LLaDA2MoeModelLM is a MoE architecture"):
+        import_hf(tmp_path / "hf", tmp_path / "out", export_format="llada2")
     assert not (tmp_path / "out").exists()
     with pytest.raises(CheckpointError, match="unknown export format 'gguf'"):
         export_hf(tmp_path / "ling", tmp_path / "out", "gguf")

@@ -108,6 +108,7 @@ def test_sigkill_driver_then_resume(backend, corpus, tokenizer_dir, tmp_path):
     driver.wait()
     store = RunStore(backend["store"])
     assert store.node(run_id, "train")["state"] == "RUNNING"
+    (killed_model,) = store.node(run_id, "train")["models"].values()
     killed_at = logged_steps(backend["tracking_uri"], run_id, "train")
     assert 7 <= len(killed_at) < STEPS
     if local:  # as an interrupted upload leaves it: the checkpoint Ray would restore, truncated
@@ -133,6 +134,8 @@ def test_sigkill_driver_then_resume(backend, corpus, tokenizer_dir, tmp_path):
     from mlflow import MlflowClient
 
     client = MlflowClient(backend["tracking_uri"])
+    (model,) = train["models"].values()  # the killed attempt's model is FAILED, not left PENDING
+    assert [str(client.get_logged_model(m).status) for m in (killed_model, model)] == ["FAILED", "READY"]
     exp = client.get_experiment_by_name("llada-resume")
     children = client.search_runs([exp.experiment_id],
                                   f"tags.`llada.run_id` = '{run_id}' and tags.`llada.kind` = 'node'")

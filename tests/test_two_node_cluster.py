@@ -105,6 +105,7 @@ def run(cluster, run_id: str):
         "instruct.tasks.n=200", "instruct.max_len=64", "training.cpus_per_worker=1",
         "sft.steps=2", "sft.micro_batch=2", "cap.steps=1", "cap.micro_batch=2", "dpo.steps=1", "dpo.micro_batch=2",
         "eval.n_tasks=2", "eval.max_rows=4", "eval.sweep=[]",
+        "export.format=sdar",  # the base is Qwen3: SDARForCausalLM, [MASK] moved to 151669, written to S3
     ]
     cmd = [str(BIN / "llada"), "run", "tiny-cpu", *overrides, "--run-id", run_id]
     done = subprocess.run(in_namespace(cluster["root"], "a", cmd), env=cluster["env"], capture_output=True,
@@ -163,6 +164,8 @@ def test_recipe_on_two_nodes_with_separate_disks_and_s3_only(cluster, tmp_path, 
         "lineage/lineage.mmd", "lineage/lineage.txt"]
 
     s3 = boto3.client("s3", endpoint_url=cluster["aws"]["AWS_ENDPOINT_URL"])
+    served = json.loads(s3.get_object(Bucket="llada", Key="artifacts/two-node-1/export/hf/config.json")["Body"].read())
+    assert (served["architectures"], served["mask_token_id"]) == (["SDARForCausalLM"], 151669)
     pages = s3.get_paginator("list_objects_v2").paginate(Bucket="llada")
     objects = [o for page in pages for o in page.get("Contents", [])]
     by_prefix: dict[str, int] = {}
