@@ -62,10 +62,8 @@ def plan(tok: LladaTokenizer, fmt: Format, model_vocab: int) -> Relocation:
 def rows(matrix: torch.Tensor, r: Relocation) -> torch.Tensor:
     """An embedding / output matrix [V, H] -> [r.vocab_size, H]: real tokens' rows in place, [MASK]'s
     row at r.new_id and in every emptied row (for the output layer: they score what [MASK] scores)."""
-    mask_row = matrix[r.old_id]
-    out = mask_row.expand(r.vocab_size, -1).clone()
-    out[: matrix.shape[0]] = matrix
-    out[r.old_id] = mask_row
+    out = matrix[r.old_id].expand(r.vocab_size, -1).clone()
+    out[: matrix.shape[0]] = matrix  # the old [MASK] id keeps its row: it scores what [MASK] scores
     return out
 
 
