@@ -73,8 +73,9 @@ def import_hf(hf_dir: str | Path, out: str | Path, add_mask_token: str | None = 
                               f"config.json vocab_size={cfg.vocab_size}")
     grown = cfg.vocab_size if tok.vocab_size <= cfg.vocab_size else pad_vocab(tok.vocab_size)
     if export_format is not None:  # the model and its [MASK] as the format needs them, before any training
-        formats.hf_config(cfg, formats.get_format(export_format))
-        formats.check_tokenizer(tok, formats.get_format(export_format), relocate_mask, grown)
+        form = formats.get_format(export_format)
+        formats.hf_config(cfg, form)
+        formats.check_tokenizer(tok, form, relocate_mask, grown)
     new_cfg = cfg.model_copy(update={"vocab_size": grown})
 
     files = _safetensors_files(hf_dir)
@@ -134,10 +135,9 @@ def export_hf(ckpt: str | Path, out: str | Path, fmt: str | None = None, decodin
         fmt = "qwen" if hf_cfg["model_type"].startswith("qwen") else "ling"
     form = formats.get_format(fmt)
     formats.hf_config(cfg, form)  # a model the format cannot express is named first
-    formats.check_tokenizer(tok, form, relocate_mask, cfg.vocab_size)
-    get, moved = reader.tensor, None
-    if relocate_mask and tok.id_of("mask") != form.mask_id:
-        moved = relocation.plan(tok, form, cfg.vocab_size)
+    moved = formats.check_tokenizer(tok, form, relocate_mask, cfg.vocab_size)
+    get = reader.tensor
+    if moved:
         tok, cfg = relocation.tokenizer(tok, moved), cfg.model_copy(update={"vocab_size": moved.vocab_size})
         get = lambda name: relocation.rows(reader.tensor(name), moved) if name in GROWN else reader.tensor(name)  # noqa: E731
     hf_cfg = formats.hf_config(cfg, form) | formats.special_ids(tok)

@@ -23,6 +23,7 @@ from llada_core.model.hf_config import CheckpointError, ling_config, qwen_config
 if TYPE_CHECKING:  # the CLI reads FORMATS at start-up: no tokenizer library for that
     from llada_core.data.tokenizer import LladaTokenizer
     from llada_core.model.config import ModelConfig
+    from llada_core.model.mask_relocation import Relocation
 
 
 @dataclass(frozen=True)
@@ -66,18 +67,18 @@ def hf_config(cfg: ModelConfig, fmt: Format) -> dict:
                    "architectures": ["SDARMoeForCausalLM" if moe else "SDARForCausalLM"]}
 
 
-def check_tokenizer(tok: LladaTokenizer, fmt: Format, relocate: bool = False, model_vocab: int = 0) -> None:
+def check_tokenizer(tok: LladaTokenizer, fmt: Format, relocate: bool = False,
+                    model_vocab: int = 0) -> Relocation | None:
     """Before anything is written: the mask id the server will feed must be this model's [MASK], or
-    (`relocate`) free for it to move there (llada_core.model.mask_relocation)."""
+    (`relocate`) free for it to move there: then the move (llada_core.model.mask_relocation)."""
     if relocate and fmt.mask_id is None:
         raise CheckpointError(f"--relocate-mask: --format {fmt.name} is an AR layout, with no fixed [MASK] id")
     if fmt.mask_id is None or tok.id_of("mask") == fmt.mask_id:
-        return
+        return None
     if relocate:
         from llada_core.model.mask_relocation import plan
 
-        plan(tok, fmt, model_vocab)  # raises, naming the id, when the vocabulary already uses it
-        return
+        return plan(tok, fmt, model_vocab)  # raises, naming the id, when the vocabulary already uses it
     raise CheckpointError(
         f"tokenizer: the mask token {tok.special['mask']!r} is id {tok.id_of('mask')}, but servers load "
         f"--format {fmt.name} with [MASK] = id {fmt.mask_id} (fixed per architecture). Export with "
